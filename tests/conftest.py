@@ -1,0 +1,28 @@
+"""Shared fixtures. Integration tests (marked `integration`) run on the real stack:
+the bundled SmolLM2 converted by the registry and a real vLLM server, started
+once per session and shared."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    from scaffold.registry import resolve
+
+    return resolve("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_path, tmp_path_factory):
+    from scaffold.server import PolicyServer, ServerConfig
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = PolicyServer(ServerConfig(model=smollm2_path, log_path=str(log), max_model_len=4096))
+    with server:
+        yield server

@@ -1,0 +1,66 @@
+"""Real stack: registry -> vLLM -> chat -> LoRA hot-load -> stop with nothing left."""
+
+import psutil
+import pytest
+import torch
+
+from scaffold.chat import render_ids
+from scaffold.client import PolicyClient
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = [{"role": "user", "content": "Name one colour of the rainbow."}]
+
+
+def make_adapter(model_path, out, seed=0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # B=0 at init would make the adapter a no-op
+            p.data = torch.randn(p.shape, generator=gen) * 0.05
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_chat_lora_and_clean_stop(vllm_server, smollm2_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    client = PolicyClient(vllm_server.base_url, vllm_server.model_name)
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+
+    base = client.chat(MESSAGES, max_tokens=12, temperature=0.0)
+    assert base.completions[0].text.strip()
+    assert base.prompt_token_ids == render_ids(tok, MESSAGES)  # exact-token contract
+    assert tok.decode(base.completions[0].token_ids, skip_special_tokens=True).strip() == \
+        base.completions[0].text.strip()
+
+    adapter = make_adapter(smollm2_path, tmp_path / "adapter")
+    vllm_server.load_adapter("rand", adapter)
+    assert "rand" in client.models()
+    with_adapter = client.chat(MESSAGES, model="rand", max_tokens=12, temperature=0.0)
+    again_base = client.chat(MESSAGES, max_tokens=12, temperature=0.0)
+    assert with_adapter.completions[0].token_ids != base.completions[0].token_ids
+    assert again_base.completions[0].token_ids == base.completions[0].token_ids
+    vllm_server.unload_adapter("rand")
+    assert "rand" not in client.models()
+
+
+def test_stop_leaves_no_process(smollm2_path, tmp_path):
+    from scaffold.server import PolicyServer, ServerConfig
+
+    server = PolicyServer(ServerConfig(model=smollm2_path, log_path=str(tmp_path / "log"),
+                                       enable_lora=False))
+    with server:
+        proc = psutil.Process(server.pid)
+        family = [proc, *proc.children(recursive=True)]
+        assert len(family) >= 2  # API server + engine core
+        client = PolicyClient(server.base_url, server.model_name)
+        out = client.complete(render_ids(__import__("transformers").AutoTokenizer.from_pretrained(
+            smollm2_path), MESSAGES), max_tokens=4, temperature=0.0)
+        assert len(out[0].token_ids) >= 1
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,97 @@
+"""PolicyServer / PolicyClient against a fake server process (no vLLM)."""
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from scaffold.client import PolicyClient, PolicyUnavailable
+from scaffold.server import ExternalServer, PolicyServer, ServerConfig, ServerError, free_port
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm_server.py"))]
+
+
+def fake_cfg(tmp_path, *extra, timeout=20.0):
+    return ServerConfig(command=[*FAKE, *extra], startup_timeout_s=timeout,
+                        log_path=str(tmp_path / "server.log"))
+
+
+def test_start_ready_stop_reaps_children(tmp_path):
+    server = PolicyServer(fake_cfg(tmp_path, "--child", "--ready-after", "1.5"))
+    with server:
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        pid = server.pid
+        assert psutil.pid_exists(pid)
+        for _ in range(50):  # the child's pid is logged right after startup
+            m = re.search(r"CHILD_PID=(\d+)", server.log_tail())
+            if m:
+                break
+            time.sleep(0.1)
+        child = int(m.group(1))
+        assert psutil.pid_exists(child)
+    assert server.proc is None
+    for _ in range(50):
+        gone = [not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+                for p in (pid, child)]
+        if all(gone):
+            break
+        time.sleep(0.1)
+    assert all(gone), "server or its child survived stop()"
+
+
+def test_startup_failure_reports_log_tail(tmp_path):
+    with pytest.raises(ServerError) as e:
+        PolicyServer(fake_cfg(tmp_path, "--exit-code", "3")).start()
+    msg = str(e.value)
+    assert "exited with code 3" in msg
+    assert "model weights could not be loaded" in msg  # the tail of the log
+    assert str(tmp_path / "server.log") in msg
+
+
+def test_startup_timeout(tmp_path):
+    server = PolicyServer(fake_cfg(tmp_path, "--ready-after", "60", timeout=2.0))
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match="not ready after 2s"):
+        server.start()
+    assert time.monotonic() - t0 < 15
+    assert server.proc is None  # stopped, not leaked
+
+
+def test_adapters_and_completions(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with PolicyServer(fake_cfg(tmp_path)) as server:
+        client = PolicyClient(server.base_url, server.model_name)
+        server.load_adapter("step_1", adapter)
+        assert client.models() == ["policy", "step_1"]
+        outs = client.complete([5, 6, 7, 8], n=2)
+        assert [o.token_ids for o in outs] == [[7, 8, 9], [7, 8, 9]]
+        assert outs[0].logprobs == [-0.5] * 3
+        many = client.complete_many([[1, 2, 3], [10, 20, 30]], concurrency=2)
+        assert [m[0].token_ids for m in many] == [[2, 3, 4], [11, 21, 31]]
+        server.unload_adapter("step_1")
+        assert client.models() == ["policy"]
+        with pytest.raises(ServerError, match="failed"):
+            server.unload_adapter("step_1")
+        with pytest.raises(ServerError, match="not a peft folder"):
+            server.load_adapter("bad", tmp_path)
+
+
+def test_external_server_and_unreachable():
+    port = free_port()
+    with pytest.raises(ServerError, match=f"127.0.0.1:{port}"):
+        ExternalServer(f"http://127.0.0.1:{port}").start()
+    client = PolicyClient(f"http://127.0.0.1:{port}/v1", "policy", max_attempts=2)
+    with pytest.raises(PolicyUnavailable, match="unreachable after 2 attempts"):
+        client.complete([1, 2, 3])
+
+
+def test_external_server_lists_model(tmp_path):
+    with PolicyServer(fake_cfg(tmp_path)) as server:
+        ext = ExternalServer(f"http://127.0.0.1:{server.port}")
+        assert ext.base_url.endswith("/v1")
+        assert ext.start().model_name == "policy"
