@@ -317,3 +317,11 @@ def install_sigterm_handler() -> None:
     """
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def policy_endpoint(model: str, api_base: str | None = None,
+                    **config: object) -> PolicyServer | ExternalServer:
+    """`--api-base URL` -> ExternalServer(URL); otherwise a managed PolicyServer for `model`."""
+    if api_base:
+        return ExternalServer(api_base)
+    return PolicyServer(ServerConfig(model=model, **config))  # type: ignore[arg-type]

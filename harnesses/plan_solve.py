@@ -1,0 +1,67 @@
+"""plan_solve: write a plan without solving, then solve following the plan.
+
+The solve step ends with the task's own answer format (the answer contract),
+so the teacher context (problem + plan) scores the student's answer under the
+same expectations as the bare prompt. An empty plan is a fallback: the solve
+prompt then equals the bare prompt (no signal), recorded with `note_fallback`.
+
+`reference_in_plan=True` gives the plan step the reference solution (the
+published OPHSD code does this during training only: the teacher is then
+strong where the inference-time harness is not). Never use it for evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dspy
+
+from harnesses.base import chat_step, question_only
+from scaffold.trace import note_fallback
+
+PLAN_INSTRUCTION = (
+    "Write a short numbered plan (at most 5 steps) for solving this problem. "
+    "Do not carry out the calculations and do not give the final answer."
+)
+
+
+class PlanSolve(dspy.Module):
+    name = "plan_solve"
+
+    def __init__(self, task: Any, max_plan_chars: int = 1200, reference_in_plan: bool = False):
+        super().__init__()
+        self.task, self.max_plan_chars = task, max_plan_chars
+        self.reference_in_plan = reference_in_plan
+
+        def render_plan(inp: dict) -> list[dict]:
+            ref = f"\n\nA verified solution, for your eyes only:\n{inp['reference']}" \
+                if inp.get("reference") else ""
+            return [{"role": "user", "content": f"{inp['question']}{ref}\n\n{PLAN_INSTRUCTION}"},
+                    {"role": "assistant", "content": "Plan:\n1."}]
+
+        def render_solve(inp: dict) -> list[dict]:
+            bare = task.student_messages(question_only(inp["question"]))
+            user = bare[0]["content"] if bare[0]["role"] == "user" else inp["question"]
+            user = f"{user}\n\nFollow this plan:\n{inp['plan']}"
+            return [{"role": "user", "content": user}, *bare[1:]]
+
+        self.plan = dspy.Predict(chat_step("Plan", "Plan without solving.",
+                                           ["question", "reference"], render_plan))
+        self.solve = dspy.Predict(chat_step("Solve", "Solve following the plan.",
+                                            ["question", "plan"], render_solve))
+        self.bare = dspy.Predict(chat_step(
+            "BareAnswer", "Solve with no plan.", ["question"],
+            lambda inp: task.student_messages(question_only(inp["question"]))))
+
+    def forward(self, example: Any) -> dspy.Prediction:
+        ref = example.solution if self.reference_in_plan else None
+        planned = self.plan(question=example.question, reference=ref or "")
+        plan = "1. " + planned.completion.strip()
+        plan = plan[: self.max_plan_chars].strip()
+        if len(plan) <= 3:
+            note_fallback("empty_plan", "the plan step wrote nothing: solving with the bare prompt")
+            out = self.bare(question=example.question)
+        else:
+            out = self.solve(question=example.question, plan=plan)
+        return dspy.Prediction(completion=out.completion, answer=self.task.parse(out.completion),
+                               plan=plan)

@@ -1,0 +1,173 @@
+"""Harness programs on a scripted LM: prompts, gating, fallbacks, traces, the executor."""
+
+import threading
+import time
+
+import dspy
+import pytest
+
+from evals.tasks import get_task
+from harnesses import build_harness
+from scaffold.embeddings import HashingEmbedder
+from scaffold.executor import run_program
+from scaffold.precedents import PrecedentIndex
+from scaffold.types import Example
+from tests.fakes import ScriptedLM
+
+TRAIN = [("my card has not arrived yet", "card_arrival"),
+         ("when will my card arrive", "card_arrival"),
+         ("card still not arrived after a week", "card_arrival"),
+         ("what is the exchange rate today", "exchange_rate"),
+         ("exchange rate for euros", "exchange_rate"),
+         ("my top up failed", "top_up_failed"),
+         ("top up did not work", "top_up_failed")]
+
+
+@pytest.fixture
+def task(tmp_path, monkeypatch):
+    train = tmp_path / "train.csv"
+    test = tmp_path / "test.csv"
+    train.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in TRAIN))
+    test.write_text("text,label\nhas my card arrived,card_arrival\n")
+    monkeypatch.chdir(tmp_path)
+    return get_task("classification:train.csv,test.csv")
+
+
+@pytest.fixture
+def bank(task):
+    train = task.load("train")
+    return PrecedentIndex.build([e.id for e in train], [e.question for e in train],
+                                [task.label_of(e) for e in train], HashingEmbedder(),
+                                progress=False)
+
+
+def ex(question, answer="card_arrival", id_="t/1"):
+    return Example(id=id_, question=question, answer=answer)
+
+
+def run(program, example, respond):
+    from scaffold.trace import TraceCollector
+
+    lm = ScriptedLM(respond)
+    with dspy.context(lm=lm, adapter=__import__("scaffold.adapter").adapter.PlainChatAdapter()):
+        with TraceCollector().trace(example.id, program, {"question": example.question}) as tr:
+            pred = program(example=example)
+    return pred, tr, lm
+
+
+def test_bare_is_the_student_prompt(task):
+    program = build_harness("none", task)
+    example = ex("has my card arrived")
+    pred, tr, lm = run(program, example, lambda m: " card_arrival\nmore")
+    assert lm.requests == [task.student_messages(example)]
+    assert pred.answer == "card_arrival"
+    assert tr.step_names() == ["answer"]
+
+
+def test_draft_agreeing_with_vote_skips_verify(task, bank):
+    program = build_harness("draft_verify", task, index=bank)
+    example = ex("my card has not arrived", id_="x")
+    pred, tr, lm = run(program, example, lambda m: " card_arrival")
+    assert len(lm.requests) == 1 and tr.step_names() == ["draft"]
+    draft = lm.requests[0]
+    assert draft[-1] == {"role": "assistant", "content": task.answer_prefix}  # answer contract
+    user = draft[0]["content"]
+    assert "Message: my card has not arrived yet\nLabel: card_arrival" in user
+    assert user.rstrip().endswith(task.format_instruction())
+    assert pred.answer == "card_arrival" and pred.verified is False
+
+
+def test_disagreeing_draft_is_verified_with_candidates_by_similarity(task, bank):
+    program = build_harness("draft_verify", task, index=bank)
+    example = ex("my card has not arrived", id_="x")
+
+    def respond(messages):
+        return " exchange_rate" if "first guess" not in messages[0]["content"] else " card_arrival"
+
+    pred, tr, lm = run(program, example, respond)
+    assert tr.step_names() == ["draft", "verify"]
+    verify = lm.requests[1][0]["content"]
+    assert "A first guess was: exchange_rate" in verify
+    lines = [line for line in verify.splitlines() if line[:1].isdigit()]
+    labels = [line.split(". ", 1)[1].split(" ")[0] for line in lines]
+    assert labels[0] == "card_arrival"  # the most similar candidate comes first
+    assert "exchange_rate" in labels and len(set(labels)) == len(labels)
+    assert pred.answer == "card_arrival" and pred.draft == "exchange_rate"
+    assert list(tr.graph().successors("input"))  # data flowed from the input into the steps
+
+
+def test_self_exclusion_in_draft(task, bank):
+    train = task.load("train")
+    program = build_harness("draft_verify", task, index=bank, verify="never")
+    _, _, lm = run(program, train[0], lambda m: " card_arrival")
+    assert f"Message: {train[0].question}\nLabel" not in lm.requests[0][0]["content"]
+
+
+def test_empty_bank_falls_back_to_bare_prompt(task):
+    empty = PrecedentIndex.build([], [], [], HashingEmbedder(), progress=False)
+    program = build_harness("draft_verify", task, index=empty)
+    example = ex("has my card arrived")
+    pred, tr, lm = run(program, example, lambda m: " card_arrival")
+    assert lm.requests == [task.student_messages(example)]
+    assert [f["kind"] for f in tr.fallbacks] == ["empty_bank"]
+
+
+def test_plan_solve_prompts_and_empty_plan(tmp_path, monkeypatch):
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    program = build_harness("plan_solve", task)
+
+    def respond(messages):
+        if messages[-1]["content"].startswith("Plan:"):
+            return " Add the numbers.\n2. Report."
+        return "2+3=5. The answer is \\boxed{5}."
+
+    pred, tr, lm = run(program, example, respond)
+    assert tr.step_names() == ["plan", "solve"]
+    solve = lm.requests[1]
+    bare = task.student_messages(example)
+    assert solve[0]["content"].startswith(bare[0]["content"])
+    assert "Follow this plan:\n1. Add the numbers.\n2. Report." in solve[0]["content"]
+    assert solve[1:] == bare[1:]
+    assert pred.answer is not None and task.grade(pred.completion, example) == 1.0
+
+    pred, tr, lm = run(program, example, lambda m: "" if m[-1]["content"].startswith("Plan:")
+                       else "The answer is \\boxed{4}.")
+    assert "empty_plan" in [f["kind"] for f in tr.fallbacks]
+    assert lm.requests[1] == task.student_messages(example)
+    assert task.grade(pred.completion, example) == 0.0
+
+
+def test_executor_keeps_order_isolates_traces_and_survives_failures(task):
+    program = build_harness("none", task)
+    examples = [ex(f"question number {i}", id_=f"q{i}") for i in range(24)]
+    attempts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def respond(messages):
+        text = messages[0]["content"]
+        i = int(text.split("question number ")[1].split()[0])
+        with lock:
+            attempts[i] = attempts.get(i, 0) + 1
+            n = attempts[i]
+        time.sleep(0.002 * (i % 5))
+        if i == 3:
+            raise RuntimeError("server exploded")  # fails every attempt
+        if i == 5 and n == 1:
+            raise RuntimeError("transient")  # succeeds on retry
+        return f" label_{i}"
+
+    results = run_program(program, examples, lm=ScriptedLM(respond), concurrency=8,
+                          max_attempts=2, backoff_s=0.0, progress=False)
+    assert [r.example.id for r in results] == [e.id for e in examples]
+    for i, r in enumerate(results):
+        if i == 3:
+            assert r.failed and "server exploded" in r.error and r.trace.error
+            continue
+        assert not r.failed
+        assert r.prediction.completion == f" label_{i}"
+        assert len(r.trace.calls) == 1 and f"question number {i}" in \
+            r.trace.calls[0].messages[0]["content"]
+    assert results[5].attempts == 2
