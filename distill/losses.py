@@ -330,3 +330,31 @@ def chunked_distill_loss(
     if sampled_ids is None:
         del stats["sampled_kl_sum"]
     return total, stats
+
+
+def _nll_chunk(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def chunked_nll(student_hidden: Tensor, lm_head_weight: Tensor, target_ids: Tensor,
+                lm_head_bias: Tensor | None = None, weights: Tensor | None = None,
+                chunk_size: int = 256) -> tuple[Tensor, dict]:
+    """Supervised loss (the `sft` baseline): sum over positions of -log p(target), weighted.
+
+    Same memory contract as `chunked_distill_loss`: logits exist one chunk at a
+    time and are recomputed in backward (checkpointed), never [N, V] at once.
+    """
+    n = student_hidden.shape[0]
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk_size):
+        sl = slice(start, start + chunk_size)
+        args = (student_hidden[sl], lm_head_weight, lm_head_bias, target_ids[sl])
+        if torch.is_grad_enabled():
+            per_token = checkpoint(_nll_chunk, *args, use_reentrant=False)
+        else:
+            per_token = _nll_chunk(*args)
+        if weights is not None:
+            per_token = per_token * weights[sl].to(per_token.dtype)
+        total = total + per_token.sum()
+    return total, {"tokens": n, "kl_sum": 0.0}

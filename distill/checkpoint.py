@@ -1,0 +1,354 @@
+"""Durable training runs: a run folder whose append-only JSONL files are the truth for resume.
+
+Layout of a run folder::
+
+    config.json              the run's config; a resume must pass the same one
+    metrics.jsonl            one row per logged event ({"step": ..., ...})
+    checkpoints.jsonl        one row per COMMITTED checkpoint {"step", "path", "time", **extra}
+    checkpoints/step_000123/ adapter/ (peft folder vLLM can load) + state.pt (optimizer, RNG, EMA)
+
+A checkpoint is written to a temporary folder, renamed into place, and only then announced
+by appending its row to ``checkpoints.jsonl``: that append is the commit point, so a kill at
+any moment leaves either the previous checkpoint or the new one, never half of one. A kill
+in the middle of an append leaves a torn last line; readers ignore it and opening the run
+folder cuts it off, so the next append starts on a fresh line.
+
+Metrics policy: `RunDir.restore` rewrites ``metrics.jsonl`` atomically, keeping only rows
+whose ``step`` is at most the restored checkpoint's step (all step rows when there is no
+checkpoint). Steps redone after a resume are therefore logged exactly once, and
+``metrics.jsonl`` stays a plain file any tool can read.
+
+Data order is reproducible: `epoch_order` is a seeded permutation per epoch and a
+`DataCursor` (stored in the checkpoint's ``extra``) says where the next batch starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from distill.trainer import DistillTrainer
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_FILE = "checkpoints.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+STATE_FILE = "state.pt"
+# Config keys a resumed run may change without changing what has been computed so far.
+RESUMABLE_KEYS = frozenset(
+    {"steps", "max_steps", "save_every", "eval_every", "log_every", "keep_last", "resume"}
+)
+_RESERVED = ("step", "path", "time")
+_MISSING = object()
+
+
+class RunConfigMismatch(ValueError):
+    """The run folder holds a run with a different config."""
+
+
+# ---------------------------------------------------------------------------- data order
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of ``range(n)`` that depends only on (seed, epoch)."""
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    return rng.permutation(n).tolist()
+
+
+@dataclass(frozen=True)
+class DataCursor:
+    """Where the next batch starts: position `index` in `epoch_order(n, seed, epoch)`."""
+
+    epoch: int = 0
+    index: int = 0
+
+    def take(self, n: int, batch_size: int, seed: int) -> tuple[list[int], DataCursor]:
+        """The next `batch_size` example indices (continuing into the next epoch's order
+        when this one runs out) and the cursor after them."""
+        if n < 1 or batch_size < 1:
+            raise ValueError("take needs n >= 1 and batch_size >= 1")
+        epoch, index, out = self.epoch, self.index, []
+        while len(out) < batch_size:
+            if index >= n:
+                epoch, index = epoch + 1, 0
+            order = epoch_order(n, seed, epoch)
+            grab = order[index : index + batch_size - len(out)]
+            out.extend(grab)
+            index += len(grab)
+        return out, DataCursor(epoch, index)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataCursor:
+        return cls(epoch=int(data["epoch"]), index=int(data["index"]))
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    line = json.dumps(row, sort_keys=False, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file. An unterminated, unparseable last line (a kill mid-append) is
+    ignored; a bad line elsewhere is an error (the file was edited or corrupted)."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # only an unterminated last line can be torn
+                log.warning("%s: ignoring a torn last line", path)
+                continue
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON: {line[:80]!r}") from None
+    return rows
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop an unterminated last line (a kill during an append) so the next append starts on
+    a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    keep = data[: data.rfind(b"\n") + 1]
+    log.warning("%s: cutting a torn last line (%d bytes)", path, len(data) - len(keep))
+    with open(path, "r+b") as f:
+        f.truncate(len(keep))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _normalize(config: dict) -> dict:
+    """Round-trip through JSON so tuples/lists, dataclasses and paths compare as stored."""
+    return json.loads(json.dumps(config, sort_keys=True, default=_json_default))
+
+
+# ---------------------------------------------------------------------------- run folder
+
+
+class RunDir:
+    """A run folder (see the module docstring). ``resume=True`` continues a run with the same
+    config (keys in `resumable_keys` may differ and are updated); ``resume=False`` refuses a
+    folder that already holds a run."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        config: dict,
+        resume: bool = True,
+        resumable_keys: Iterable[str] = RESUMABLE_KEYS,
+        keep_last: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.keep_last = keep_last
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config = _normalize(config)
+        config_path = self.path / CONFIG_FILE
+        if config_path.exists():
+            if not resume:
+                raise RunConfigMismatch(
+                    f"{self.path} already holds a run and resume=False: pick a new --out "
+                    "or delete the folder"
+                )
+            stored = json.loads(config_path.read_text(encoding="utf-8"))
+            safe = set(resumable_keys)
+            differing = sorted(
+                k
+                for k in set(stored) | set(self.config)
+                if k not in safe and stored.get(k, _MISSING) != self.config.get(k, _MISSING)
+            )
+            if differing:
+                details = "; ".join(
+                    f"{k}: stored {stored.get(k, '<absent>')!r}, now "
+                    f"{self.config.get(k, '<absent>')!r}"
+                    for k in differing[:5]
+                )
+                raise RunConfigMismatch(
+                    f"{self.path} holds a run with a different config ({details}). Pick a new "
+                    "--out, or pass the same flags to resume it."
+                )
+            if stored != self.config:
+                _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
+        else:
+            _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
+        for name in (METRICS_FILE, CHECKPOINTS_FILE):
+            _cut_torn_tail(self.path / name)
+
+    # ---------------------------------------------------------------- metrics
+
+    def log_metrics(self, row: dict) -> None:
+        """Append one row to metrics.jsonl (flushed and fsynced)."""
+        _append_jsonl(self.path / METRICS_FILE, row)
+
+    def metrics(self) -> list[dict]:
+        """All metrics rows in the order they were logged."""
+        return _read_jsonl(self.path / METRICS_FILE)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / CHECKPOINTS_DIR / f"step_{step:06d}"
+
+    def save_checkpoint(self, step: int, trainer: DistillTrainer, extra: dict) -> Path:
+        """Write checkpoints/step_NNNNNN/{adapter/, state.pt} atomically, then commit it by
+        appending {"step", "path", "time", **extra} to checkpoints.jsonl."""
+        clash = [k for k in _RESERVED if k in extra]
+        if clash:
+            raise ValueError(f"extra may not use the reserved keys {clash}")
+        extra = _normalize(extra)
+        final = self.checkpoint_dir(step)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp_{final.name}."))
+        try:
+            trainer.save_adapter(tmp / ADAPTER_DIR)
+            with open(tmp / STATE_FILE, "wb") as f:
+                torch.save(trainer.state_dict_for_resume(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            for file in (tmp / ADAPTER_DIR).iterdir():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+            if final.exists():  # an uncommitted leftover from a killed run, or a redo
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(final.parent)
+        row = {"step": int(step), "path": str(final.relative_to(self.path)), "time": time.time()}
+        _append_jsonl(self.path / CHECKPOINTS_FILE, {**row, **extra})
+        self._prune(keep=final)
+        return final
+
+    def checkpoints(self) -> list[dict]:
+        """Committed checkpoint rows (torn last line ignored), oldest first."""
+        return _read_jsonl(self.path / CHECKPOINTS_FILE)
+
+    def latest_checkpoint(self) -> dict | None:
+        """The last committed checkpoint whose folder is complete, or None."""
+        for row in reversed(self.checkpoints()):
+            folder = self.path / row["path"]
+            if _is_complete(folder):
+                return row
+            log.warning("checkpoint %s is listed but incomplete; skipping it", folder)
+        return None
+
+    def restore(self, trainer: DistillTrainer) -> dict | None:
+        """Load the latest checkpoint into `trainer` (adapter weights + resume state), drop
+        metrics rows logged after it, and return its `extra` (None for a fresh run)."""
+        row = self.latest_checkpoint()
+        self._truncate_metrics(after_step=row["step"] if row else None)
+        if row is None:
+            return None
+        folder = self.path / row["path"]
+        trainer.load_adapter(folder / ADAPTER_DIR)
+        # our own file, written by save_checkpoint: it holds numpy RNG state, so not weights_only
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        trainer.load_resume_state(state)
+        if trainer.step != row["step"]:
+            raise RuntimeError(f"{folder}: state step {trainer.step} != listed step {row['step']}")
+        return {k: v for k, v in row.items() if k not in _RESERVED}
+
+    # ---------------------------------------------------------------- internals
+
+    def _truncate_metrics(self, after_step: int | None) -> None:
+        """Keep rows up to the checkpoint's step (rows without a step are kept); with no
+        checkpoint the run starts over, so every row goes."""
+        rows = self.metrics()
+        if after_step is None:
+            kept = []
+        else:
+            kept = [r for r in rows if not isinstance(r.get("step"), int) or r["step"] <= after_step]
+        if len(kept) != len(rows):
+            log.info("dropping %d metrics rows logged after the checkpoint", len(rows) - len(kept))
+            _atomic_write_text(
+                self.path / METRICS_FILE,
+                "".join(json.dumps(r, default=_json_default) + "\n" for r in kept),
+            )
+
+    def _prune(self, keep: Path) -> None:
+        if not self.keep_last:
+            return
+        rows = self.checkpoints()
+        for row in rows[: -self.keep_last]:
+            folder = self.path / row["path"]
+            if folder != keep and folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _is_complete(folder: Path) -> bool:
+    adapter = folder / ADAPTER_DIR
+    return (
+        (folder / STATE_FILE).is_file()
+        and (adapter / "adapter_config.json").is_file()
+        and (adapter / "adapter_model.safetensors").is_file()
+    )

@@ -1,0 +1,195 @@
+"""On-policy harness self-distillation: train the bare model to do what it does with a harness.
+
+    python -m distill.run --program draft_verify                 # embedded demo (make demo)
+    python -m distill.run --config configs/banking77_full.yaml  # the full-quality run
+    python -m distill.run --method opsd --steps 40 --out runs/opsd
+
+What it does, in order:
+1. resolves the model (bundled SmolLM2 by default), starts vLLM with LoRA (or
+   uses --api-base), loads the task and, for draft_verify, the precedent bank
+   (train split only);
+2. for --steps steps: samples the student on the bare prompt from the live
+   policy, runs the harness on the same examples, builds teacher contexts,
+   scores the student's exact tokens under teacher and student contexts, takes
+   an optimizer step on the LoRA adapter and hot-loads it into vLLM;
+3. evaluates the base and the trained model with no harness on --eval-limit
+   held-out test items and prints the table.
+
+Runs are durable: `--out` holds config.json, metrics.jsonl, checkpoints.jsonl
+and adapters. Kill it at any moment and rerun the same command: it resumes
+from the last checkpoint with the same data order and sampling seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from distill.checkpoint import RESUMABLE_KEYS, DataCursor, RunDir
+from distill.config import RESUMABLE, RunConfig, parse_args
+from distill.loop import collect
+from distill.losses import LossConfig
+from distill.trainer import DistillTrainer, TrainerConfig
+from evals.bank import task_bank
+from evals.metrics import held_out
+from evals.run import results_table
+from evals.runner import MAX_TOKENS, evaluate
+from evals.tasks import get_task
+from harnesses import build_harness, needs_index
+from scaffold.client import PolicyClient
+from scaffold.registry import resolve
+from scaffold.server import install_sigterm_handler, policy_endpoint
+from scaffold.trace import write_jsonl
+
+
+@dataclass
+class Run:
+    """Everything a step needs (see distill.loop.collect)."""
+
+    cfg: RunConfig
+    task: Any
+    tokenizer: Any
+    harness: Any
+    client: PolicyClient
+    server: Any
+    policy_name: str
+    max_new_tokens: int
+
+    def policy_lm(self, **kw: Any) -> Any:
+        return self.client.dspy_lm(self.policy_name, max_tokens=self.max_new_tokens, **kw)
+
+    def sync(self, adapter_dir: Path, step: int) -> None:
+        """Hot-load the adapter as the new policy; drop the previous one."""
+        previous, name = self.policy_name, f"policy-step-{step}"
+        self.server.load_adapter(name, adapter_dir)
+        self.policy_name = name
+        if previous != self.server.model_name:
+            self.server.unload_adapter(previous)
+
+
+def trainer_config(cfg: RunConfig, model_path: str) -> TrainerConfig:
+    loss = LossConfig(kind=cfg.loss, beta=cfg.beta, temperature=cfg.loss_temperature,
+                      top_k=cfg.top_k, clip=cfg.clip)
+    return TrainerConfig(model=model_path, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                         lr=cfg.lr, micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
+                         loss=loss, seed=cfg.seed)
+
+
+def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[Any],
+          writer: Any = None) -> None:
+    cfg = run.cfg
+    restored = run_dir.restore(trainer)
+    cursor = DataCursor.from_dict(restored["cursor"]) if restored else DataCursor()
+    start = int(restored["loop_step"]) if restored else 0
+    if restored:
+        run.sync(run_dir.checkpoint_dir(start) / "adapter", start)
+        print(f"resumed from step {start} (cursor {cursor})")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="distill",
+               dynamic_ncols=True)
+    for step in bar:
+        t_step = time.perf_counter()
+        indices, cursor = cursor.take(len(train_set), cfg.batch_size, cfg.seed)
+        batch = [train_set[i] for i in indices]
+        inputs = collect(run, step, batch)
+        row: dict[str, Any] = {"step": step + 1, **inputs.counts, **inputs.times}
+        if inputs.pairs:
+            logprobs = inputs.sampling_logprobs if cfg.loss == "sampled_token" else None
+            sft = cfg.method == "sft"
+            stats = trainer.train_step(inputs.pairs, inputs.weights, logprobs, **(
+                {"objective": "sft"} if sft else {}))
+            row.update(stats)
+        else:
+            row["skipped_no_pairs"] = 1  # no signal, no step: counted, the data moves on
+        t0 = time.perf_counter()
+        if (step + 1) % cfg.sync_every == 0 or step + 1 == cfg.steps:
+            adapter = run_dir.path / "policy" / f"step_{step + 1:06d}"
+            trainer.save_adapter(adapter)
+            run.sync(adapter, step + 1)
+        row["sync_s"] = time.perf_counter() - t0
+        row["step_s"] = time.perf_counter() - t_step
+        run_dir.log_metrics(row)
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float):
+                    writer.add_scalar(k, v, step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            run_dir.save_checkpoint(step + 1, trainer, {"cursor": cursor.to_dict(),
+                                                        "loop_step": step + 1})
+        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}",
+                        kl=f"{row.get('kl', float('nan')):.3f}", pairs=len(inputs.pairs))
+    bar.close()
+
+
+def final_eval(run: Run, run_dir: RunDir, trained_name: str) -> list[Any]:
+    cfg, task = run.cfg, run.task
+    items = held_out(task.load("test"), cfg.eval_limit, cfg.eval_seed)
+    results = []
+    for label, name in (("base", run.server.model_name), ("trained", trained_name)):
+        lm = run.client.dspy_lm(name, temperature=0.0, max_tokens=run.max_new_tokens)
+        res = evaluate(task, "none", items, lm=lm, model_label=label,
+                       concurrency=cfg.concurrency)
+        results.append(res)
+        write_jsonl(res.traces, run_dir.path / f"eval-traces-{label}.jsonl")
+    from rich.console import Console
+
+    Console().print(results_table(results, f"{task.name}: no harness, {len(items)} held-out items"))
+    (run_dir.path / "eval.json").write_text(json.dumps([r.row() for r in results], indent=2))
+    return results
+
+
+def main(cfg: RunConfig) -> dict:
+    install_sigterm_handler()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    model_path = resolve(cfg.model)
+    task = get_task(cfg.task, data_root=cfg.data_root)
+    train_set = task.load("train")
+    index = None
+    if cfg.method in ("ophsd", "sft") and needs_index(cfg.program):
+        index = task_bank(task) if cfg.bank_size is None else _small_bank(task, cfg)
+    harness = build_harness(cfg.program, task, index=index, **cfg.harness)
+    run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    trainer = DistillTrainer(trainer_config(cfg, model_path), tokenizer=tokenizer)
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir.path / "tensorboard"))
+
+    with policy_endpoint(model_path, cfg.api_base, max_lora_rank=max(16, cfg.lora_r),
+                         log_path=str(run_dir.path / "vllm.log")) as server:
+        client = PolicyClient(server.base_url, server.model_name)
+        run = Run(cfg, task, tokenizer, harness, client, server, server.model_name,
+                  cfg.max_new_tokens or MAX_TOKENS[task.kind])
+        client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
+        train(run, trainer, run_dir, train_set, writer)
+        final = run_dir.path / "final_adapter"
+        trainer.save_adapter(final)
+        results = final_eval(run, run_dir, run.policy_name) if cfg.eval_limit > 0 else []
+    print(f"\nTrained adapter: {final}\nServe it with:\n  python -m distill.serve "
+          f"--model {cfg.model} --adapter {final}")
+    return {"run_dir": str(run_dir.path), "eval": [r.row() for r in results]}
+
+
+def _small_bank(task: Any, cfg: RunConfig) -> Any:
+    """A bank over a seeded subset of the train split (faster to embed for the demo)."""
+    from scaffold.embeddings import load_embedder
+    from scaffold.precedents import PrecedentIndex
+
+    train = held_out(task.load("train"), cfg.bank_size, seed=cfg.seed)
+    test_texts = [ex.question for ex in task.load("test")]
+    return PrecedentIndex.build([e.id for e in train], [e.question for e in train],
+                                [task.label_of(e) for e in train], load_embedder(),
+                                forbidden_texts=test_texts)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,82 @@
+"""Teacher contexts: what the teacher sees before scoring the student's tokens.
+
+- `ophsd` (from a harness trace): `final_request` (default) is the final step's
+  exact request (the verify prompt with draft, confirmers and challengers; the
+  solve prompt with the plan); `transcript` replays every step's request and
+  answer as earlier turns, then the final request.
+- `opsd`: the bare student prompt plus the task's verified reference (solution,
+  or the gold label for classification), before the same answer prefill.
+
+The answer contract: a teacher context must end the way the student prompt
+ends (same assistant prefill), or the teacher scores the student's answer in a
+place that expects something else; `build_*` check it.
+
+No signal, no step: a fallback trace (empty bank, empty plan, a failed run) or
+a context equal to the student's carries no signal; it is marked `fallback`
+and the loop skips or down-weights it, and counts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scaffold.chat import Messages
+from scaffold.trace import Trace
+
+POLICIES = ("final_request", "transcript")
+NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan"}
+
+
+@dataclass
+class TeacherContext:
+    messages: Messages | None  # None: no usable context (failed harness run)
+    fallback: bool  # True: no privileged signal (equal to the student's, or a harness fallback)
+    reason: str = ""
+
+
+def _same_ending(student: Messages, teacher: Messages) -> bool:
+    s_prefill = student[-1]["content"] if student[-1]["role"] == "assistant" else None
+    t_prefill = teacher[-1]["content"] if teacher[-1]["role"] == "assistant" else None
+    return s_prefill == t_prefill
+
+
+def from_trace(trace: Trace, student: Messages, policy: str = "final_request") -> TeacherContext:
+    """The teacher context of a harness run (`ophsd`)."""
+    if policy not in POLICIES:
+        raise ValueError(f"teacher policy must be one of {POLICIES}, got {policy!r}")
+    final = trace.final_call()
+    if trace.error or final is None:
+        return TeacherContext(None, True, f"harness failed: {trace.error or 'no LM call'}")
+    if policy == "final_request":
+        messages = [dict(m) for m in final.messages]
+    else:
+        messages = []
+        for call in trace.calls[:-1]:
+            request = [m for m in call.messages if m["role"] != "system"]
+            prefill = request[-1]["content"] if request[-1]["role"] == "assistant" else ""
+            turns = request[:-1] if prefill else request
+            messages += [*turns, {"role": "assistant", "content": prefill + call.completion}]
+        messages += [dict(m) for m in final.messages]
+    if not _same_ending(student, messages):
+        raise ValueError(
+            "answer contract broken: the harness's final request ends with "
+            f"{messages[-1]!r} but the student prompt ends with {student[-1]!r}")
+    kinds = {f.get("kind") for f in trace.fallbacks}
+    if kinds & NO_SIGNAL_FALLBACKS:
+        return TeacherContext(messages, True, ",".join(sorted(kinds & NO_SIGNAL_FALLBACKS)))
+    if messages == student:
+        return TeacherContext(messages, True, "teacher context equals the student's")
+    return TeacherContext(messages, False)
+
+
+def with_reference(task: Any, example: Any) -> TeacherContext:
+    """`opsd`: the student's prompt with the verified reference inserted before the answer."""
+    student = task.student_messages(example)
+    reference = task.reference_text(example)
+    body = student[:-1] if student[-1]["role"] == "assistant" else student
+    tail = student[len(body):]
+    last = dict(body[-1])
+    last["content"] = (f"{last['content']}\n\nA verified reference answer (use it, do not "
+                       f"mention it):\n{reference}")
+    return TeacherContext([*body[:-1], last, *tail], False)

@@ -1,0 +1,528 @@
+"""The student learner: one optimizer step of on-policy self-distillation on a LoRA adapter.
+
+Teacher and student are the SAME `PeftModel` over ONE copy of the base weights; only the
+adapter state differs between the two passes:
+
+- ``live``:   the current adapter (the paper's claim),
+- ``frozen``: the adapter disabled (``with model.disable_adapter()``): the starting model,
+- ``ema``:    a second adapter named ``"ema"`` on the same `PeftModel`, holding an
+  exponential moving average of the live adapter; switched in with ``set_adapter``.
+
+Both passes run the base transformer only (``get_decoder()``) to get last-layer hidden
+states, gather the response positions, and hand them with the ``lm_head`` weight to
+`chunked_distill_loss`, which computes vocabulary logits in chunks: a full ``[B, T, V]``
+logits tensor is never built.
+
+The step's loss is a global token mean: each micro-batch's summed loss is divided by the
+number of response tokens in the WHOLE step, so gradients do not depend on how the step is
+split into micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from distill.losses import LossConfig, chunked_distill_loss, chunked_nll
+from distill.splicing import SplicedPair, collate, gather_response_positions
+
+log = logging.getLogger(__name__)
+
+LIVE_ADAPTER = "default"  # peft's name for the first adapter; the one we train and save
+EMA_ADAPTER = "ema"
+TEACHER_KINDS = ("live", "frozen", "ema")
+_SUMMED_STATS = ("kl_sum", "teacher_entropy_sum", "clipped")  # from chunked_distill_loss
+
+
+@dataclass
+class TrainerConfig:
+    """Everything that decides what the trainer computes (and so belongs in a run's config)."""
+
+    model: str  # local HF folder (already resolved by scaffold.registry.resolve)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    # peft's "all-linear" = every nn.Linear except the output layer: the attention and MLP
+    # projections, which is what vLLM's LoRA loader supports (no embed_tokens / lm_head).
+    lora_target_modules: list[str] | str = "all-linear"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    # The run loop draws micro_batch_size * grad_accum pairs per step; train_step itself
+    # splits whatever it gets into micro-batches of micro_batch_size.
+    grad_accum: int = 1
+    micro_batch_size: int = 4
+    max_grad_norm: float | None = 1.0  # None or <= 0: measure the norm, do not clip
+    teacher: str = "live"  # "live" | "frozen" | "ema"
+    ema_decay: float = 0.99
+    loss: LossConfig = field(default_factory=LossConfig)
+    dtype: str = "auto"  # "auto" | "bfloat16" | "float16" | "float32" (base weights only)
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # "auto": cuda if available, else cpu
+
+
+def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """The dtype for the BASE weights. "auto" picks bf16 where the hardware runs it natively
+    (CUDA with bf16, or a CPU with AVX512-BF16 / AMX, where bf16 is 2.5-3.5x faster than fp32)
+    and fp32 otherwise. LoRA weights are always fp32 (peft upcasts them)."""
+    if name != "auto":
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {name!r}; use auto, bfloat16, float16 or float32")
+        return dtype
+    if device is not None and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    cpu = torch.cpu
+    native_bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB), at least the
+    current RSS from psutil."""
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    current = psutil.Process().memory_info().rss
+    return max(peak_kib / 1024.0, current / 2**20)
+
+
+class DistillTrainer:
+    """LoRA self-distillation trainer: `train_step` = one optimizer step over a list of pairs."""
+
+    def __init__(self, cfg: TrainerConfig, model=None, tokenizer=None) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, set_seed
+
+        if cfg.teacher not in TEACHER_KINDS:
+            raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {cfg.teacher!r}")
+        if cfg.micro_batch_size < 1:
+            raise ValueError("micro_batch_size must be >= 1")
+        self.cfg = cfg
+        set_seed(cfg.seed)  # the LoRA init (and dropout) must be reproducible
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        )
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=self.dtype)
+            model.to(self.device)
+        if tokenizer is None:
+            tokenizer = _try_load_tokenizer(cfg.model)
+        self.tokenizer = tokenizer
+
+        if isinstance(model, PeftModel):
+            if LIVE_ADAPTER not in model.peft_config:
+                raise ValueError(f"a PeftModel passed in must have an adapter named {LIVE_ADAPTER!r}")
+            self.model = model
+        else:
+            _check_plain_lm_head(model.config)
+            if cfg.gradient_checkpointing:
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+            self.lora_config = LoraConfig(
+                task_type="CAUSAL_LM",
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=lora_target_modules(model, cfg.lora_target_modules),
+                bias="none",
+            )
+            self.model = get_peft_model(model, self.lora_config)  # LoRA weights upcast to fp32
+        self.model.config.use_cache = False
+        self.base = self.model.get_base_model()
+        self.decoder = self.base.get_decoder()
+        self.lm_head = self.base.get_output_embeddings()
+        self.pad_id = _pad_id(tokenizer, self.base.config)
+
+        self._live_params = {
+            n: p
+            for n, p in self.model.named_parameters()
+            if "lora_" in n and f".{LIVE_ADAPTER}." in n
+        }
+        if not self._live_params:
+            raise RuntimeError("no LoRA parameters found: check lora_target_modules")
+        self._ema_params: dict[str, torch.nn.Parameter] = {}
+        if cfg.teacher == "ema":
+            self.model.add_adapter(EMA_ADAPTER, self.model.peft_config[LIVE_ADAPTER])
+            self.model.set_adapter(LIVE_ADAPTER)  # keeps the live adapter trainable, ema frozen
+            named = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, live in self._live_params.items():
+                    ema = named[name.replace(f".{LIVE_ADAPTER}.", f".{EMA_ADAPTER}.")]
+                    ema.requires_grad_(False)
+                    ema.copy_(live)
+                    self._ema_params[name] = ema
+
+        self.optimizer = torch.optim.AdamW(
+            list(self._live_params.values()),
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
+        )
+        self._step = 0
+
+    # ------------------------------------------------------------------ forward passes
+
+    @property
+    def step(self) -> int:
+        """Number of `train_step` calls so far (skipped non-finite steps included), so that
+        it matches the data the run loop has consumed."""
+        return self._step
+
+    @contextlib.contextmanager
+    def teacher_weights(self, kind: str | None = None) -> Iterator[None]:
+        """Context in which the shared model computes with the teacher's weights."""
+        kind = kind or self.cfg.teacher
+        if kind == "live":
+            yield
+        elif kind == "frozen":
+            with self.model.disable_adapter():
+                yield
+        elif kind == "ema":
+            if not self._ema_params:
+                raise ValueError("this trainer has no EMA adapter (TrainerConfig.teacher != 'ema')")
+            self.model.set_adapter(EMA_ADAPTER, inference_mode=True)
+            try:
+                yield
+            finally:
+                self.model.set_adapter(LIVE_ADAPTER)
+        else:
+            raise ValueError(f"unknown teacher kind {kind!r}")
+
+    def last_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last-layer hidden states [B, T, H] (after the final norm) of the base transformer
+        under whatever adapter state is active; no logits are computed."""
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        weights: str = "live",
+    ) -> torch.Tensor:
+        """Hidden states under the given weights ("live" | "frozen" | "ema"), eval mode, no grad.
+        For inspection and tests."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.teacher_weights(weights):
+                return self.last_hidden(input_ids, attention_mask, position_ids)
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(
+        self,
+        pairs: list[SplicedPair],
+        weights: list[float] | None = None,
+        sampling_logprobs: list[list[float]] | None = None,
+        objective: str = "distill",
+    ) -> dict:
+        """One optimizer step over `pairs` (micro-batches of `micro_batch_size`, gradients
+        accumulated, global token-mean loss). A non-finite loss or gradient norm skips the
+        update (gradients zeroed, weights and optimizer state untouched) and is reported as
+        ``skipped_nonfinite=1``. `weights` are per pair (spread over its response tokens);
+        `sampling_logprobs` are per response token, as the engine sampled them."""
+        if not pairs:
+            raise ValueError("train_step needs at least one pair")
+        if objective not in ("distill", "sft"):
+            raise ValueError(f"objective must be 'distill' or 'sft', got {objective!r}")
+        sft = objective == "sft"  # cross-entropy on the response ids; no teacher forward
+        if weights is not None and len(weights) != len(pairs):
+            raise ValueError(f"{len(weights)} weights for {len(pairs)} pairs")
+        if sampling_logprobs is not None and len(sampling_logprobs) != len(pairs):
+            raise ValueError(f"{len(sampling_logprobs)} logprob lists for {len(pairs)} pairs")
+        lengths = [len(p.response_ids) for p in pairs]
+        total_tokens = sum(lengths)
+        if total_tokens == 0:
+            raise ValueError("the pairs have no response tokens")
+        if sampling_logprobs is not None:
+            for i, (lp, n) in enumerate(zip(sampling_logprobs, lengths, strict=True)):
+                if len(lp) != n:
+                    raise ValueError(f"pair {i}: {len(lp)} sampling logprobs for {n} tokens")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        device = self.lm_head.weight.device
+        mbs = self.cfg.micro_batch_size
+        loss_sum = 0.0
+        stat_sums = dict.fromkeys(_SUMMED_STATS, 0.0)
+        t_teacher = t_student = 0.0
+        nonfinite = False
+        n_micro = 0
+        for start in range(0, len(pairs), mbs):
+            chunk = pairs[start : start + mbs]
+            n_micro += 1
+            batch = collate(chunk, self.pad_id).to(device)
+            n_tokens = sum(lengths[start : start + mbs])
+
+            t0 = time.perf_counter()
+            self.model.eval()  # no dropout in the teacher
+            teacher_h = None
+            if not sft:
+                with torch.no_grad(), self.teacher_weights():
+                    teacher_h = gather_response_positions(
+                        self.last_hidden(
+                            batch.teacher_input_ids,
+                            batch.teacher_attention_mask,
+                            batch.teacher_position_ids,
+                        ),
+                        batch.teacher_response_mask,
+                    )
+            t1 = time.perf_counter()
+            t_teacher += t1 - t0
+
+            self.model.train()
+            student_h = gather_response_positions(
+                self.last_hidden(
+                    batch.student_input_ids,
+                    batch.student_attention_mask,
+                    batch.student_position_ids,
+                ),
+                batch.student_response_mask,
+            )
+            teacher_n = student_h.shape[0] if teacher_h is None else teacher_h.shape[0]
+            if student_h.shape[0] != n_tokens or teacher_n != n_tokens:
+                raise RuntimeError(
+                    f"response positions: student {student_h.shape[0]}, teacher "
+                    f"{teacher_n}, response tokens {n_tokens}"
+                )
+            sampled_ids = batch.flat_response_ids()
+            token_weights = (
+                None
+                if weights is None
+                else _per_token(weights[start : start + mbs], lengths[start : start + mbs], device)
+            )
+            token_logprobs = (
+                None
+                if sampling_logprobs is None
+                else torch.tensor(
+                    [x for lp in sampling_logprobs[start : start + mbs] for x in lp],
+                    dtype=torch.float32,
+                    device=device,
+                )
+            )
+            if sft:
+                loss, stats = chunked_nll(
+                    student_h, self.lm_head.weight, sampled_ids,
+                    lm_head_bias=getattr(self.lm_head, "bias", None), weights=token_weights,
+                    chunk_size=self.cfg.loss.chunk_size)
+            else:
+                loss, stats = chunked_distill_loss(
+                    student_h,
+                    teacher_h,
+                    self.lm_head.weight,
+                    self.cfg.loss,
+                    lm_head_bias=getattr(self.lm_head, "bias", None),
+                    sampled_ids=sampled_ids,
+                    sampling_logprobs=token_logprobs,
+                    weights=token_weights,
+                )
+            micro_loss = float(loss.detach())
+            if not math.isfinite(micro_loss):
+                nonfinite = True
+                t_student += time.perf_counter() - t1
+                break
+            (loss / total_tokens).backward()
+            t_student += time.perf_counter() - t1
+            loss_sum += micro_loss
+            for key in _SUMMED_STATS:
+                stat_sums[key] += float(stats.get(key, 0.0))
+
+        t0 = time.perf_counter()
+        params = list(self._live_params.values())
+        grad_norm = float("nan")
+        if not nonfinite:
+            max_norm = self.cfg.max_grad_norm
+            clip_to = max_norm if max_norm is not None and max_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+            nonfinite = not math.isfinite(grad_norm)
+        if nonfinite:
+            log.warning(
+                "step %d: non-finite loss or gradient norm (loss_sum=%s, grad_norm=%s); "
+                "update skipped",
+                self._step + 1,
+                loss_sum,
+                grad_norm,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self._update_ema()
+        t_optim = time.perf_counter() - t0
+        self._step += 1
+
+        def per_token(value: float) -> float:
+            return float("nan") if nonfinite else value / total_tokens
+
+        return {
+            "loss": per_token(loss_sum),
+            "kl": per_token(stat_sums["kl_sum"]),
+            "teacher_entropy": per_token(stat_sums["teacher_entropy_sum"]),
+            "clipped_frac": per_token(stat_sums["clipped"]),
+            "tokens": total_tokens,
+            "grad_norm": grad_norm,
+            "skipped_nonfinite": int(nonfinite),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "time_teacher_s": t_teacher,
+            "time_student_s": t_student,
+            "time_optim_s": t_optim,
+            "micro_batches": n_micro,
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.ema_decay
+        for name, ema in self._ema_params.items():
+            ema.mul_(decay).add_(self._live_params[name].detach(), alpha=1.0 - decay)
+
+    # ------------------------------------------------------------------ persistence
+
+    def adapter_state(self, adapter: str = LIVE_ADAPTER) -> dict[str, torch.Tensor]:
+        """A detached copy of an adapter's LoRA weights, keyed by parameter name."""
+        if adapter not in (LIVE_ADAPTER, EMA_ADAPTER):
+            raise ValueError(f"unknown adapter {adapter!r}")
+        params = self._live_params if adapter == LIVE_ADAPTER else self._ema_params
+        return {n: p.detach().clone() for n, p in params.items()}
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """Write the LIVE adapter as peft does (adapter_config.json + adapter_model.safetensors):
+        a folder vLLM's /v1/load_lora_adapter and `PeftModel.from_pretrained` load."""
+        self.model.save_pretrained(
+            str(directory), selected_adapters=[LIVE_ADAPTER], safe_serialization=True
+        )
+
+    def load_adapter(self, directory: str | Path) -> None:
+        """Load LoRA weights saved by `save_adapter` into the live adapter (in place, so the
+        optimizer keeps pointing at the same tensors)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(directory) / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(self.model, weights, adapter_name=LIVE_ADAPTER)
+        missing = [k for k in result.missing_keys if f".{LIVE_ADAPTER}." in k]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"adapter at {directory} does not match this model: missing {missing[:3]}, "
+                f"unexpected {list(result.unexpected_keys)[:3]}"
+            )
+
+    def state_dict_for_resume(self) -> dict:
+        """Everything beyond the adapter weights needed to continue bit-for-bit: optimizer
+        state, step counter, RNG states (python, numpy, torch) and the EMA adapter."""
+        return {
+            "step": self._step,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "ema": self.adapter_state(EMA_ADAPTER) if self._ema_params else None,
+        }
+
+    def load_resume_state(self, state: dict) -> None:
+        """Inverse of `state_dict_for_resume` (load the adapter weights separately)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._step = int(state["step"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        ema = state.get("ema")
+        if bool(ema) != bool(self._ema_params):
+            raise ValueError("resume state and trainer disagree on whether there is an EMA teacher")
+        if ema:
+            with torch.no_grad():
+                for name, param in self._ema_params.items():
+                    param.copy_(ema[name])
+
+
+def lora_target_modules(model, spec: list[str] | str) -> list[str] | str:
+    """Resolve "all-linear" to the short names (e.g. ``q_proj``) of every nn.Linear inside
+    the decoder: the attention and MLP projections, never the embeddings or the lm_head.
+    Short names keep adapter_config.json in the form vLLM's LoRA loader expects. Any other
+    spec is passed to peft as given."""
+    if spec != "all-linear":
+        return spec
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.get_decoder().named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    if not names:
+        raise ValueError("all-linear found no nn.Linear layers in the decoder")
+    head = model.get_output_embeddings()
+    head_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+    if names & head_names:  # a short name would also match the lm_head: let peft resolve it
+        return spec
+    return sorted(names)
+
+
+def _per_token(weights: Sequence[float], lengths: Sequence[int], device) -> torch.Tensor:
+    return torch.cat(
+        [torch.full((n,), float(w), dtype=torch.float32) for w, n in zip(weights, lengths, strict=True)]
+    ).to(device)
+
+
+def _pad_id(tokenizer, config) -> int:
+    for source in (tokenizer, config):
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(source, attr, None) if source is not None else None
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if value is not None:
+                return int(value)
+    return 0  # any id works: padded positions are masked out
+
+
+def _try_load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:  # e.g. a test model folder with no tokenizer
+        log.info("no tokenizer at %s (%s); padding with the config's ids", path, err)
+        return None
+
+
+def _check_plain_lm_head(config) -> None:
+    """The loss applies the lm_head weight itself; models that post-process logits would be
+    scored wrongly, so refuse them instead."""
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        raise NotImplementedError("final_logit_softcapping is not supported by the chunked loss")
+    for attr in ("logit_scale", "logits_scaling"):
+        value = getattr(config, attr, None)
+        if value is not None and value != 1:
+            raise NotImplementedError(f"{attr}={value} is not supported by the chunked loss")

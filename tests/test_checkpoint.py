@@ -1,0 +1,216 @@
+"""RunDir durability and resume equivalence (with the tiny Llama from test_trainer)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from distill.checkpoint import (  # noqa: E402
+    DataCursor,
+    RunConfigMismatch,
+    RunDir,
+    epoch_order,
+)
+from distill.splicing import splice  # noqa: E402
+from tests.test_trainer import make_trainer, save_tiny_llama  # noqa: E402
+
+SEED = 7
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+# ---------------------------------------------------------------------------- data order
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    order = epoch_order(10, seed=3, epoch=0)
+    assert sorted(order) == list(range(10))
+    assert order == epoch_order(10, seed=3, epoch=0)
+    assert order != epoch_order(10, seed=3, epoch=1)
+    assert order != epoch_order(10, seed=4, epoch=0)
+
+
+def test_cursor_walks_epochs_in_order_and_resumes_mid_epoch():
+    n = 5
+    expected = epoch_order(n, SEED, 0) + epoch_order(n, SEED, 1) + epoch_order(n, SEED, 2)
+    cursor, seen = DataCursor(), []
+    for _ in range(6):
+        idx, cursor = cursor.take(n, 2, SEED)
+        seen += idx
+        # a cursor that went through JSON continues identically
+        cursor = DataCursor.from_dict(json.loads(json.dumps(cursor.to_dict())))
+    assert seen == expected[:12]
+    assert cursor == DataCursor(epoch=2, index=2)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_mismatch_is_a_clear_error(tmp_path):
+    RunDir(tmp_path / "run", {"method": "ophsd", "lr": 1e-4, "steps": 10})
+    with pytest.raises(RunConfigMismatch, match=r"lr.*new --out"):
+        RunDir(tmp_path / "run", {"method": "ophsd", "lr": 2e-4, "steps": 10})
+    with pytest.raises(RunConfigMismatch, match="teacher"):
+        RunDir(tmp_path / "run", {"method": "ophsd", "lr": 1e-4, "steps": 10, "teacher": "ema"})
+    with pytest.raises(RunConfigMismatch, match="resume=False"):
+        RunDir(tmp_path / "run", {"method": "ophsd", "lr": 1e-4, "steps": 10}, resume=False)
+
+
+def test_resumable_keys_may_change_and_are_recorded(tmp_path):
+    RunDir(tmp_path / "run", {"lr": 1e-4, "betas": (0.9, 0.99), "steps": 10})
+    run = RunDir(tmp_path / "run", {"lr": 1e-4, "betas": [0.9, 0.99], "steps": 20})
+    assert json.loads((run.path / "config.json").read_text())["steps"] == 20
+
+
+# ---------------------------------------------------------------------------- jsonl files
+
+
+def test_metrics_roundtrip_and_torn_line_is_cut_on_open(tmp_path):
+    run = RunDir(tmp_path, {"a": 1})
+    run.log_metrics({"step": 1, "loss": 0.5})
+    run.log_metrics({"step": 2, "loss": 0.25})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # killed mid-append
+    assert [r["step"] for r in run.metrics()] == [1, 2]
+    run = RunDir(tmp_path, {"a": 1})
+    run.log_metrics({"step": 3, "loss": 0.125})
+    assert [r["step"] for r in run.metrics()] == [1, 2, 3]
+
+
+def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path):
+    run = RunDir(tmp_path, {"a": 1})
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        run.metrics()
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def dataset() -> list:
+    """Six pairs (3 steps per epoch at BATCH=2), teacher context longer than the student's."""
+    return [
+        splice([1 + i, 2 + i, 3], [1 + i, 40 + i, 41, 2 + i, 3], [9 + i, 10, 11 + 2 * i])
+        for i in range(6)
+    ]
+
+
+def run_until(run: RunDir, trainer, stop: int, data: list) -> None:
+    """The run loop, as distill.run drives it: restore, then step/log/checkpoint."""
+    extra = run.restore(trainer)
+    cursor = DataCursor.from_dict(extra["cursor"]) if extra else DataCursor()
+    while trainer.step < stop:
+        idx, cursor = cursor.take(len(data), BATCH, SEED)
+        metrics = trainer.train_step([data[i] for i in idx])
+        run.log_metrics(
+            {"step": trainer.step, "idx": idx, **{k: metrics[k] for k in ("loss", "kl", "grad_norm")}}
+        )
+        run.save_checkpoint(trainer.step, trainer, {"cursor": cursor.to_dict()})
+
+
+def fresh_trainer(model_dir):
+    # dropout consumes the torch RNG, so the resume must restore it; EMA state must resume too
+    return make_trainer(model_dir, teacher="ema", ema_decay=0.5, lora_dropout=0.1)
+
+
+CONFIG = {"teacher": "ema", "steps": 4}
+
+
+def assert_same_state(a, b) -> None:
+    for kind in ("default", "ema"):
+        sa, sb = a.adapter_state(kind), b.adapter_state(kind)
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), (kind, name)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_model_dir, tmp_path_factory):
+    run = RunDir(tmp_path_factory.mktemp("straight"), CONFIG)
+    trainer = fresh_trainer(tiny_model_dir)
+    run_until(run, trainer, 4, dataset())
+    return run, trainer
+
+
+def test_resume_after_kill_is_identical_to_a_straight_run(tiny_model_dir, straight_run, tmp_path):
+    straight, straight_trainer = straight_run
+    assert [r["step"] for r in straight.metrics()] == [1, 2, 3, 4]
+
+    trainer = fresh_trainer(tiny_model_dir)
+    run_until(RunDir(tmp_path, CONFIG), trainer, 2, dataset())
+    del trainer  # killed
+
+    resumed = fresh_trainer(tiny_model_dir)
+    run = RunDir(tmp_path, {**CONFIG, "steps": 4})
+    run_until(run, resumed, 4, dataset())
+    assert resumed.step == 4
+    assert_same_state(resumed, straight_trainer)
+    assert run.metrics() == straight.metrics()
+    assert [c["step"] for c in run.checkpoints()] == [1, 2, 3, 4]
+
+
+def test_resume_with_torn_commit_and_logged_but_uncommitted_step(
+    tiny_model_dir, straight_run, tmp_path
+):
+    straight, straight_trainer = straight_run
+    trainer = fresh_trainer(tiny_model_dir)
+    run = RunDir(tmp_path, CONFIG)
+    run_until(run, trainer, 3, dataset())
+    # kill during the commit of step 3: its folder is complete, its metrics row is logged,
+    # but the checkpoints.jsonl append was cut mid-line
+    path = tmp_path / "checkpoints.jsonl"
+    text = path.read_text()
+    last_start = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: last_start + 10])
+    assert [r["step"] for r in run.metrics()] == [1, 2, 3]
+    del trainer
+
+    run = RunDir(tmp_path, CONFIG)
+    assert run.latest_checkpoint()["step"] == 2
+    resumed = fresh_trainer(tiny_model_dir)
+    extra = run.restore(resumed)
+    assert resumed.step == 2 and extra["cursor"] == {"epoch": 0, "index": 4}
+    assert [r["step"] for r in run.metrics()] == [1, 2]  # step 3 will be redone, not repeated
+
+    run_until(run, resumed, 4, dataset())
+    assert_same_state(resumed, straight_trainer)
+    assert run.metrics() == straight.metrics()
+    assert [c["step"] for c in run.checkpoints()] == [1, 2, 3, 4]
+
+
+def test_latest_checkpoint_skips_listed_but_incomplete_folders(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir)
+    run = RunDir(tmp_path, {"a": 1})
+    assert run.latest_checkpoint() is None and run.restore(trainer) is None
+    run.save_checkpoint(1, trainer, {"cursor": DataCursor(0, 2).to_dict()})
+    second = run.save_checkpoint(2, trainer, {"cursor": DataCursor(0, 4).to_dict()})
+    (second / "state.pt").unlink()
+    latest = run.latest_checkpoint()
+    assert latest["step"] == 1 and latest["cursor"] == {"epoch": 0, "index": 2}
+    assert latest["path"] == "checkpoints/step_000001"
+    assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
+
+
+def test_keep_last_prunes_old_checkpoint_folders(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir)
+    run = RunDir(tmp_path, {"a": 1}, keep_last=2)
+    for step in (1, 2, 3):
+        run.save_checkpoint(step, trainer, {})
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert folders == ["step_000002", "step_000003"]
+    assert run.latest_checkpoint()["step"] == 3
+
+
+def test_reserved_extra_keys_are_refused(tiny_model_dir, tmp_path):
+    run = RunDir(tmp_path, {"a": 1})
+    with pytest.raises(ValueError, match="reserved"):
+        run.save_checkpoint(1, make_trainer(tiny_model_dir), {"step": 5})
