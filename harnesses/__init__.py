@@ -16,14 +16,16 @@ import dspy
 from harnesses.base import Bare, chat_step, task_prefill
 from harnesses.draft_verify import DraftVerify
 from harnesses.plan_solve import PlanSolve
+from harnesses.self_consistency import SelfConsistency
 
-__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "build_harness", "chat_step",
+__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "SelfConsistency", "build_harness", "chat_step",
            "needs_index", "register", "task_prefill"]
 
 HARNESSES: dict[str, Callable[..., dspy.Module]] = {
     "none": lambda task, index=None, **kw: Bare(task),
     "draft_verify": lambda task, index=None, **kw: DraftVerify(task, index, **kw),
     "plan_solve": lambda task, index=None, **kw: PlanSolve(task, **kw),
+    "self_consistency": lambda task, index=None, **kw: SelfConsistency(task, **kw),
 }
 NEEDS_INDEX = {"draft_verify"}
 

@@ -171,3 +171,21 @@ def test_executor_keeps_order_isolates_traces_and_survives_failures(task):
         assert len(r.trace.calls) == 1 and f"question number {i}" in \
             r.trace.calls[0].messages[0]["content"]
     assert results[5].attempts == 2
+
+
+def test_self_consistency_votes(tmp_path, monkeypatch):
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    answers = iter(["\\boxed{5}", "\\boxed{4}", "\\boxed{5}"])
+
+    def respond(messages):
+        if messages[-1]["content"].startswith("Plan:"):
+            return " add"
+        return f"The answer is {next(answers)}."
+
+    program = build_harness("self_consistency", task, n=3)
+    pred, tr, lm = run(program, example, respond)
+    assert pred.answer == task.parse("\\boxed{5}") and sum(pred.votes.values()) == 3
+    assert tr.step_names() == ["solver.plan", "solver.solve"] * 3

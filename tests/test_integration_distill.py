@@ -1,0 +1,31 @@
+"""Real stack: `distill.run` for 2 steps on SmolLM2 + BANKING77, then resumed to 3."""
+
+import json
+
+import pytest
+
+from distill.config import parse_args
+from distill.run import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--program", "draft_verify", "--batch-size", "2", "--bank-size", "150",
+            "--eval-limit", "4", "--checkpoint-every", "1", "--max-new-tokens", "12",
+            "--api-base", vllm_server.base_url, "--out", str(out)]
+    first = main(parse_args([*argv, "--steps", "2"]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["tokens"] > 0 and r["loss"] == r["loss"] for r in rows)  # trained, finite
+    assert (out / "final_adapter" / "adapter_config.json").exists()
+    assert [r["model"] for r in first["eval"]] == ["base", "trained"]
+    assert all(r["n"] == 4 for r in first["eval"])
+
+    main(parse_args([*argv, "--steps", "3"]))  # rerun: resumes at step 2, no repeat
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    ckpts = [json.loads(line) for line in (out / "checkpoints.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in ckpts] == [1, 2, 3]
+    assert ckpts[-1]["cursor"] == {"epoch": 0, "index": 6}  # 3 steps x 2 examples, in order
