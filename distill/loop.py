@@ -85,17 +85,35 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
         for comp in rollouts[i]:
             out.counts["rollouts"] += 1
             out.counts["student_correct"] += task.grade(comp.text, ex) >= 1.0
-            if not comp.token_ids:
+            ids, logprobs = comp.token_ids, list(comp.logprobs or [])
+            if task.kind != "math":  # one-line answers: what follows the line is not the answer
+                ids = first_line(tok, ids)
+                logprobs = logprobs[: len(ids)]
+            if not ids:
                 continue
             try:
-                pair = splice(student_ids[i], teacher_ids, comp.token_ids, max_len=cfg.max_len)
+                pair = splice(student_ids[i], teacher_ids, ids, max_len=cfg.max_len)
             except ContextTooLong:
                 out.counts["skipped_too_long"] += 1
                 continue
             out.pairs.append(pair)
             out.weights.append(weight)
-            out.sampling_logprobs.append(list(comp.logprobs or []))
+            out.sampling_logprobs.append(logprobs)
     return out
+
+
+def first_line(tokenizer: Any, ids: list[int]) -> list[int]:
+    """The ids up to and including the first token that ends the line (newline or EOS).
+
+    A label answer is one line. Training on a small model's ramblings after it
+    teaches the student whatever the teacher expects there (e.g. quoting the
+    message), and those tokens outnumber the answer's; the teacher's verdict on
+    the line end itself (EOS vs newline) stays in.
+    """
+    for k, t in enumerate(ids):
+        if t == tokenizer.eos_token_id or "\n" in tokenizer.decode([t]):
+            return ids[: k + 1]
+    return ids
 
 
 def _seeded_many(ctx: Any, prompts: list[list[int]], step: int) -> list[list[Any]]:

@@ -153,7 +153,7 @@ def main(cfg: RunConfig) -> dict:
     train_set = task.load("train")
     index = None
     if cfg.method in ("ophsd", "sft") and needs_index(cfg.program):
-        index = task_bank(task) if cfg.bank_size is None else _small_bank(task, cfg)
+        index = task_bank(task, limit=cfg.bank_size, seed=cfg.seed)
     harness = build_harness(cfg.program, task, index=index, **cfg.harness)
     run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -177,18 +177,6 @@ def main(cfg: RunConfig) -> dict:
     print(f"\nTrained adapter: {final}\nServe it with:\n  python -m distill.serve "
           f"--model {cfg.model} --adapter {final}")
     return {"run_dir": str(run_dir.path), "eval": [r.row() for r in results]}
-
-
-def _small_bank(task: Any, cfg: RunConfig) -> Any:
-    """A bank over a seeded subset of the train split (faster to embed for the demo)."""
-    from scaffold.embeddings import load_embedder
-    from scaffold.precedents import PrecedentIndex
-
-    train = held_out(task.load("train"), cfg.bank_size, seed=cfg.seed)
-    test_texts = [ex.question for ex in task.load("test")]
-    return PrecedentIndex.build([e.id for e in train], [e.question for e in train],
-                                [task.label_of(e) for e in train], load_embedder(),
-                                forbidden_texts=test_texts)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,19 @@ from typing import Any
 
 from filelock import FileLock
 
+from evals.metrics import held_out
 from scaffold.embeddings import DEFAULT_EMBEDDER, load_embedder
 from scaffold.precedents import PrecedentIndex
 from scaffold.registry import cache_dir
 
 
 def task_bank(task: Any, embedder_name: str = DEFAULT_EMBEDDER, progress: bool = True,
-              cache: Path | None = None) -> PrecedentIndex:
+              cache: Path | None = None, limit: int | None = None,
+              seed: int = 0) -> PrecedentIndex:
+    """`limit`: a seeded subset of the train split (quicker to embed, e.g. for the demo)."""
     train = task.load("train")
+    if limit:
+        train = held_out(train, limit, seed)
     try:
         test_texts = [ex.question for ex in task.load("test")]
     except Exception:  # noqa: BLE001 - a task without a test split has nothing to leak

@@ -95,3 +95,33 @@ def test_external_server_lists_model(tmp_path):
         ext = ExternalServer(f"http://127.0.0.1:{server.port}")
         assert ext.base_url.endswith("/v1")
         assert ext.start().model_name == "policy"
+
+
+def test_sigterm_to_owner_stops_server(tmp_path):
+    """A CLI killed with SIGTERM takes its server (and the server's children) with it."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys, time\n"
+        "from scaffold.server import PolicyServer, ServerConfig, install_sigterm_handler\n"
+        "install_sigterm_handler()\n"
+        f"s = PolicyServer(ServerConfig(command={FAKE + ['--child']!r}, "
+        f"log_path={str(tmp_path / 'log')!r}))\n"
+        "s.start()\n"
+        "print('SERVER', s.pid, flush=True)\n"
+        "while True:\n"
+        "    sum(i * i for i in range(10000))\n")
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    server_pid = int(owner.stdout.readline().split()[1])
+    assert psutil.pid_exists(server_pid)
+    owner.send_signal(signal.SIGTERM)
+    assert owner.wait(timeout=30) == 128 + signal.SIGTERM
+    gone, alive = psutil.wait_procs([psutil.Process(server_pid)] if psutil.pid_exists(
+        server_pid) else [], timeout=10)
+    assert not alive

@@ -191,3 +191,20 @@ def test_real_tokenizer_splice():
             [{"role": "user", "content": question}, prefill], tokenize=False
         )
         check_prompt_render(student_prompt, tok.encode(server, add_special_tokens=False))
+
+
+def test_first_line_cuts_after_newline_or_eos():
+    from distill.loop import first_line
+
+    class Tok:
+        eos_token_id = 2
+        vocab = {5: " card", 6: "_arrival", 7: "\n", 8: "\n\n", 9: " The", 2: "<|im_end|>"}
+
+        def decode(self, ids):
+            return "".join(self.vocab[i] for i in ids)
+
+    tok = Tok()
+    assert first_line(tok, [5, 6, 8, 9, 9]) == [5, 6, 8]  # the line end stays (teacher judges it)
+    assert first_line(tok, [5, 6, 2, 9]) == [5, 6, 2]
+    assert first_line(tok, [5, 6]) == [5, 6]
+    assert first_line(tok, []) == []
