@@ -4,6 +4,7 @@ once per session and shared."""
 
 import os
 
+import psutil
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,4 +26,12 @@ def vllm_server(smollm2_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     server = PolicyServer(ServerConfig(model=smollm2_path, log_path=str(log), max_model_len=4096))
     with server:
+        proc = psutil.Process(server.pid)
+        family = [proc, *proc.children(recursive=True)]
+        assert len(family) >= 2  # API server + engine core
         yield server
+    # Teardown doubles as the "stop leaves no process" check (one vLLM start per session:
+    # a second server beside the first and a trainer runs this 2-core, 24 GiB box short).
+    _, alive = psutil.wait_procs(family, timeout=30)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"vLLM processes left after stop(): {alive}"

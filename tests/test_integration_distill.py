@@ -1,5 +1,6 @@
 """Real stack: `distill.run` for 2 steps on SmolLM2 + BANKING77, then resumed to 3."""
 
+import gc
 import json
 
 import pytest
@@ -29,3 +30,4 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     ckpts = [json.loads(line) for line in (out / "checkpoints.jsonl").read_text().splitlines()]
     assert [c["step"] for c in ckpts] == [1, 2, 3]
     assert ckpts[-1]["cursor"] == {"epoch": 0, "index": 6}  # 3 steps x 2 examples, in order
+    gc.collect()  # the trainers' weights and activations: give the memory back to the suite
