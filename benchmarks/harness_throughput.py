@@ -98,7 +98,7 @@ def main() -> None:
         table.add_row(name, f"{wall:.1f}", f"{(pt + ct) / wall:.0f}", f"{ct / wall:.1f}")
     ratio = ((h_prompt + h_comp) / h_wall) / ((r_prompt + r_comp) / r_wall)
     table.add_row("ratio harness/raw", "", f"{ratio:.2f}", "")
-    Console().print(table)
+    Console(width=160).print(table)
     out = Path(args.out) / "harness_throughput.json"
     out.write_text(json.dumps({"args": vars(args), "requests": len(calls), "ratio": ratio,
                                **{k: {"wall_s": w, "prompt_tokens": pt, "completion_tokens": ct}

@@ -76,7 +76,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["model"], f"{r['cold_start_s']:.1f}", f"{r['single']['tokens_per_s']:.1f}",
                       f"{r['concurrent']['tokens_per_s']:.1f}", f"{r['speedup']:.2f}x")
-    Console().print(table)
+    Console(width=160).print(table)
     out = Path(args.out) / "serving.json"
     out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")

@@ -29,7 +29,7 @@ class RunConfig:
     batch_size: int = 8  # examples per optimizer step
     rollouts: int = 1  # student samples per example
     micro_batch_size: int = 4
-    lr: float = 5e-4
+    lr: float = 1e-4  # 5e-4 collapsed SmolLM2 within 4 steps (see distill issue notes)
     loss: str = "reverse_kl"  # reverse_kl | forward_kl | jsd | topk_reverse_kl | sampled_token
     beta: float = 0.5  # jsd
     top_k: int | None = None  # topk_reverse_kl

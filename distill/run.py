@@ -138,7 +138,7 @@ def final_eval(run: Run, run_dir: RunDir, trained_name: str) -> list[Any]:
         write_jsonl(res.traces, run_dir.path / f"eval-traces-{label}.jsonl")
     from rich.console import Console
 
-    Console().print(results_table(results, f"{task.name}: no harness, {len(items)} held-out items"))
+    Console(width=160).print(results_table(results, f"{task.name}: no harness, {len(items)} held-out items"))
     (run_dir.path / "eval.json").write_text(json.dumps([r.row() for r in results], indent=2))
     return results
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
                            concurrency=args.concurrency, harness_options=opts)
             results.append(res)
             write_jsonl(res.traces, out / f"traces-{program}.jsonl")
-    Console().print(results_table(results, f"{task.name}: {len(items)} held-out items"))
+    Console(width=160).print(results_table(results, f"{task.name}: {len(items)} held-out items"))
     (out / "results.json").write_text(json.dumps(
         {"args": vars(args), "results": [r.row() for r in results]}, indent=2))
     print(f"wrote {out / 'results.json'} and traces-*.jsonl")
