@@ -72,7 +72,22 @@ class ServerConfig:
     command: list[str] | None = None  # replaces the vLLM command (tests use a fake server)
 
 
-class PolicyServer:
+class _Adapters:
+    """Runtime LoRA adapters of a server at `self.base_url` (managed or external)."""
+
+    base_url: str
+    adapters: dict[str, str]
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        load_adapter(self.base_url, name, path)
+        self.adapters[name] = str(path)
+
+    def unload_adapter(self, name: str) -> None:
+        unload_adapter(self.base_url, name)
+        self.adapters.pop(name, None)
+
+
+class PolicyServer(_Adapters):
     """A vLLM server this process owns. Use as a context manager."""
 
     def __init__(self, cfg: ServerConfig):
@@ -210,17 +225,9 @@ class PolicyServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    # -- adapters ---------------------------------------------------------
-    def load_adapter(self, name: str, path: str | Path) -> None:
-        load_adapter(self.base_url, name, path)
-        self.adapters[name] = str(path)
-
-    def unload_adapter(self, name: str) -> None:
-        unload_adapter(self.base_url, name)
-        self.adapters.pop(name, None)
 
 
-class ExternalServer:
+class ExternalServer(_Adapters):
     """An endpoint someone else runs (`--api-base URL`): same interface, nothing to start or stop."""
 
     def __init__(self, base_url: str, model_name: str | None = None):
@@ -253,14 +260,6 @@ class ExternalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def load_adapter(self, name: str, path: str | Path) -> None:
-        load_adapter(self.base_url, name, path)
-        self.adapters[name] = str(path)
-
-    def unload_adapter(self, name: str) -> None:
-        unload_adapter(self.base_url, name)
-        self.adapters.pop(name, None)
 
 
 def load_adapter(base_url: str, name: str, path: str | Path, timeout: float = 120.0) -> None:
