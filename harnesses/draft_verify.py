@@ -70,6 +70,10 @@ class DraftVerify(dspy.Module):
             "Verify", "Keep or revise the draft.", ["draft", "candidates", "question"],
             render_verify))
 
+    def prepare(self, examples: list[Any]) -> None:
+        """Embed all questions in one batch before the LM calls (the executor calls this)."""
+        self.index.warm([ex.question for ex in examples])
+
     def forward(self, example: Any) -> dspy.Prediction:
         exclude = [example.id]
         precedents = self.index.search(example.question, self.k, exclude_ids=exclude) \

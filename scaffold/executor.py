@@ -66,6 +66,9 @@ def run_program(program: dspy.Module, examples: Sequence[Any], *, lm: Any,
     """Run `program(example=ex)` for every example; results in input order."""
     collector = collector or TraceCollector()
     adapter = adapter or PlainChatAdapter()
+    prepare = getattr(program, "prepare", None)
+    if callable(prepare):  # batch work a harness can do up front (e.g. embedding all queries)
+        prepare(list(examples))
     results: list[ExampleResult | None] = [None] * len(examples)
     bar = tqdm(total=len(examples), desc=desc or getattr(program, "name", "harness"),
                disable=not progress, dynamic_ncols=True)

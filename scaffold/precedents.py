@@ -383,6 +383,11 @@ class PrecedentIndex:
             return vectors
         return self._encode_cached(list(queries))
 
+    def warm(self, queries: Sequence[str]) -> None:
+        """Embed upcoming queries in one batch (the cache then serves each search)."""
+        for start in range(0, len(queries), QUERY_CACHE_SIZE):
+            self._encode_cached(list(queries[start:start + QUERY_CACHE_SIZE]))
+
     def _encode_cached(self, texts: list[str]) -> np.ndarray:
         """Embed texts, reusing recent query vectors (search, vote, confirmers and
         challengers on one question then embed it once)."""

@@ -189,3 +189,23 @@ def test_self_consistency_votes(tmp_path, monkeypatch):
     pred, tr, lm = run(program, example, respond)
     assert pred.answer == task.parse("\\boxed{5}") and sum(pred.votes.values()) == 3
     assert tr.step_names() == ["solver.plan", "solver.solve"] * 3
+
+
+def test_draft_verify_prepare_embeds_all_questions_in_one_batch(task, bank):
+    calls = []
+    inner = bank.embedder
+
+    class Counting:
+        dim = inner.dim
+
+        def encode(self, texts, batch_size=64, progress=False):
+            calls.append(list(texts))
+            return inner.encode(texts, batch_size=batch_size, progress=progress)
+
+    bank.embedder = Counting()
+    program = build_harness("draft_verify", task, index=bank, verify="never")
+    examples = [ex(f"my card number {i} has not arrived", id_=f"q{i}") for i in range(5)]
+    results = run_program(program, examples, lm=ScriptedLM(lambda m: " card_arrival"),
+                          concurrency=4, progress=False)
+    assert [len(c) for c in calls] == [5]  # one batch; every search hit the cache
+    assert all(r.prediction.answer == "card_arrival" for r in results)
