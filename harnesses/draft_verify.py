@@ -23,6 +23,7 @@ from typing import Any
 import dspy
 
 from harnesses.base import chat_step, question_only, task_prefill
+from scaffold.precedents import weighted_vote
 from scaffold.trace import note_fallback
 
 VERIFY_MODES = ("disagree", "always", "never")
@@ -85,7 +86,7 @@ class DraftVerify(dspy.Module):
         drafted = self.draft(precedents=_precedent_lines(precedents, self.prefix),
                              question=example.question)
         draft = self.task.parse(drafted.completion)
-        vote, _ = self.index.knn_vote(example.question, self.k, exclude_ids=exclude)
+        vote = weighted_vote(precedents)  # the same k nearest: no second search
         if draft is None:
             note_fallback("parse_failure", f"draft unparseable: {drafted.completion[:80]!r}")
         run_verify = self.verify_mode == "always" or (
