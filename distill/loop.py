@@ -4,11 +4,15 @@ The student samples from the *served* policy (base + current adapter) on the
 bare prompt; the harness runs on the same examples against the same policy;
 the teacher context comes from its trace (ophsd) or from the reference
 (opsd); the trainer scores the student's exact sampled ids under both
-contexts. `sft` instead trains on the harness's own correct final answers.
+contexts. `sft` instead trains on the harness's own correct final answers,
+`gold_sft` on the dataset's gold answers (the sceptic's baseline), and `ssopd`
+distils, per prompt, the shortest correct of a group of rollouts into the
+longest wrong one (no reference, no harness).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +31,22 @@ class StepInputs:
     counts: dict = field(default_factory=lambda: {
         "examples": 0, "rollouts": 0, "fallback": 0, "skipped_fallback": 0,
         "skipped_too_long": 0, "harness_failed": 0, "harness_correct": 0,
-        "student_correct": 0, "sft_targets": 0})
+        "student_correct": 0, "student_parsed": 0, "sft_targets": 0, "ssopd_mixed": 0,
+        "harness_paths": 0, "harness_paths_skipped": 0})
     times: dict = field(default_factory=dict)
+
+    def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],
+            max_len: int, weight: float = 1.0, logprobs: list[float] | None = None) -> bool:
+        """Splice and keep one pair; a context over `max_len` is a counted skip, never cut."""
+        try:
+            pair = splice(student_ids, teacher_ids, response, max_len=max_len)
+        except ContextTooLong:
+            self.counts["skipped_too_long"] += 1
+            return False
+        self.pairs.append(pair)
+        self.weights.append(weight)
+        self.sampling_logprobs.append(list(logprobs) if logprobs is not None else [])
+        return True
 
 
 def sample_seed(run_seed: int, step: int, index: int) -> int:
@@ -61,7 +79,7 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
     # 2. student rollouts on the bare prompt, exact sampled ids
     t0 = time.perf_counter()
     rollouts = []
-    if cfg.method in ("ophsd", "opsd"):
+    if cfg.method in ("ophsd", "opsd", "ssopd"):
         rollouts = _seeded_many(ctx, student_ids, step)
     out.times["rollout_s"] = time.perf_counter() - t0
 
@@ -69,6 +87,12 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
     for i, ex in enumerate(examples):
         if cfg.method == "sft":
             _add_sft(ctx, out, ex, student_ids[i], traces[i])
+            continue
+        if cfg.method == "gold_sft":
+            _add_target(ctx, out, student_ids[i], gold_target_ids(tok, task, ex))
+            continue
+        if cfg.method == "ssopd":
+            _add_ssopd(ctx, out, ex, student_msgs[i], student_ids[i], rollouts[i])
             continue
         if cfg.method == "ophsd":
             tc = teacher_ctx.from_trace(traces[i], student_msgs[i], cfg.teacher_policy)
@@ -82,24 +106,52 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
             out.counts["skipped_fallback"] += 1
             continue
         teacher_ids = render_ids(tok, tc.messages)
+        on_policy = cfg.method != "ophsd" or on_policy_example(cfg, step, i)
         for comp in rollouts[i]:
             out.counts["rollouts"] += 1
             out.counts["student_correct"] += task.grade(comp.text, ex) >= 1.0
-            ids, logprobs = comp.token_ids, list(comp.logprobs or [])
-            if task.kind != "math":  # one-line answers: what follows the line is not the answer
-                ids = first_line(tok, ids)
-                logprobs = logprobs[: len(ids)]
-            if not ids:
-                continue
-            try:
-                pair = splice(student_ids[i], teacher_ids, ids, max_len=cfg.max_len)
-            except ContextTooLong:
-                out.counts["skipped_too_long"] += 1
-                continue
-            out.pairs.append(pair)
-            out.weights.append(weight)
-            out.sampling_logprobs.append(logprobs)
+            out.counts["student_parsed"] += task.parse(comp.text) is not None
+            ids, logprobs = answer_ids(tok, task, comp)
+            if ids and on_policy:
+                out.add(student_ids[i], teacher_ids, ids, cfg.max_len, weight, logprobs)
+        if not on_policy:
+            _add_harness_path(ctx, out, student_ids[i], teacher_ids, traces[i], weight)
     return out
+
+
+def on_policy_example(cfg: Any, step: int, index: int) -> bool:
+    """Whether example `index` of `step` trains on the student's rollouts (probability
+    `on_policy_fraction`, seeded so a resumed run decides the same) or on the harness's
+    own answer (GKD's mix of student-generated and teacher-generated sequences)."""
+    if cfg.on_policy_fraction >= 1.0:
+        return True
+    return random.Random(sample_seed(cfg.seed, step, index)).random() < cfg.on_policy_fraction
+
+
+def _add_harness_path(ctx: Any, out: StepInputs, student_ids: list[int],
+                      teacher_ids: list[int], trace: Any, weight: float) -> None:
+    """The harness's final answer (its exact sampled ids, first line) as the response: the
+    teacher scores the path it produced itself, the student learns it from the bare prompt.
+    Answers that do not parse, or have no recorded ids, are counted skips."""
+    final = trace.final_call() if trace is not None else None
+    ids = list(final.completion_token_ids or []) if final is not None else []
+    if not ids or ctx.task.parse(final.completion) is None:
+        out.counts["harness_paths_skipped"] += 1
+        return
+    if ctx.task.kind != "math":
+        ids = first_line(ctx.tokenizer, ids)
+    if out.add(student_ids, teacher_ids, ids, ctx.cfg.max_len, weight):
+        out.counts["harness_paths"] += 1
+
+
+def answer_ids(tokenizer: Any, task: Any, completion: Any) -> tuple[list[int], list[float]]:
+    """The sampled ids (and their logprobs) that make up the answer: all of them for math,
+    the first line for one-line label answers (see `first_line`)."""
+    ids, logprobs = list(completion.token_ids), list(completion.logprobs or [])
+    if task.kind != "math":
+        ids = first_line(tokenizer, ids)
+        logprobs = logprobs[: len(ids)]
+    return ids, logprobs
 
 
 def first_line(tokenizer: Any, ids: list[int]) -> list[int]:
@@ -137,13 +189,50 @@ def _add_sft(ctx: Any, out: StepInputs, example: Any, student_ids: list[int], tr
         return
     target = final.completion_token_ids or ctx.tokenizer.encode(
         final.completion, add_special_tokens=False)
-    if not target:
-        return
-    try:
-        pair = splice(student_ids, student_ids, list(target), max_len=ctx.cfg.max_len)
-    except ContextTooLong:
-        out.counts["skipped_too_long"] += 1
-        return
-    out.counts["sft_targets"] += 1
-    out.pairs.append(pair)
-    out.weights.append(1.0)
+    _add_target(ctx, out, student_ids, list(target))
+
+
+def gold_target_ids(tokenizer: Any, task: Any, example: Any) -> list[int]:
+    """The gold answer as the completion after the bare prompt's prefill, ending in EOS:
+    " card_arrival<eos>" after "Label:"; the reference solution for math."""
+    text = task.reference_text(example)
+    prefix = task.answer_prefix or ""
+    if prefix and text.startswith(prefix):
+        text = " " + text[len(prefix):].lstrip()
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return [*ids, tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
+
+
+def ssopd_weight(correct: int, total: int) -> float:
+    """Prompt-level weight 4 p (1 - p), p = fraction of the group graded correct: 1 where
+    correct and wrong are evenly mixed, 0 where the group agrees (no contrast, no signal)."""
+    p = correct / total if total else 0.0
+    return 4.0 * p * (1.0 - p)
+
+
+def _add_ssopd(ctx: Any, out: StepInputs, example: Any, student_msgs: list[dict],
+               student_ids: list[int], group: list[Any]) -> None:
+    """ssopd: teacher = the bare prompt plus the group's shortest correct rollout as a worked
+    answer; student tokens = the group's longest wrong rollout."""
+    tok, task = ctx.tokenizer, ctx.task
+    graded = [(task.grade(c.text, example) >= 1.0, c) for c in group]
+    out.counts["rollouts"] += len(graded)
+    n_correct = sum(ok for ok, _ in graded)
+    out.counts["student_correct"] += n_correct
+    weight = ssopd_weight(n_correct, len(graded))
+    if weight <= 0:
+        return  # no contrast in this group: counted in rollouts, no pair
+    out.counts["ssopd_mixed"] += 1
+    correct = min((c for ok, c in graded if ok), key=lambda c: len(c.token_ids))
+    wrong = max((c for ok, c in graded if not ok), key=lambda c: len(c.token_ids))
+    shown = tok.decode(answer_ids(tok, task, correct)[0], skip_special_tokens=True).strip()
+    tc = teacher_ctx.with_worked_answer(student_msgs, shown)
+    ids, logprobs = answer_ids(tok, task, wrong)
+    if ids:
+        out.add(student_ids, render_ids(tok, tc.messages), ids, ctx.cfg.max_len, weight, logprobs)
+
+
+def _add_target(ctx: Any, out: StepInputs, student_ids: list[int], target: list[int]) -> None:
+    """A supervised pair: `target` after the bare prompt (teacher side unused)."""
+    if target and out.add(student_ids, student_ids, list(target), ctx.cfg.max_len):
+        out.counts["sft_targets"] += 1

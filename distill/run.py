@@ -3,6 +3,8 @@
     python -m distill.run --program draft_verify                 # embedded demo (make demo)
     python -m distill.run --config configs/banking77_full.yaml  # the full-quality run
     python -m distill.run --method opsd --steps 40 --out runs/opsd
+    python -m distill.run --method ssopd --rollouts 4 --out runs/ssopd
+    python -m distill.run --seeds 3 --out runs/ophsd            # runs/ophsd/seed0..2
 
 What it does, in order:
 1. resolves the model (bundled SmolLM2 by default), starts vLLM with LoRA (or
@@ -11,7 +13,8 @@ What it does, in order:
 2. for --steps steps: samples the student on the bare prompt from the live
    policy, runs the harness on the same examples, builds teacher contexts,
    scores the student's exact tokens under teacher and student contexts, takes
-   an optimizer step on the LoRA adapter and hot-loads it into vLLM;
+   an optimizer step on the LoRA adapter and syncs the served policy (merged
+   weights reloaded in place on CPU, the adapter hot-loaded on GPU: --sync);
 3. evaluates the base and the trained model with no harness on --eval-limit
    held-out test items and prints the table.
 
@@ -25,14 +28,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from distill.checkpoint import RESUMABLE_KEYS, DataCursor, RunDir
-from distill.config import RESUMABLE, RunConfig, parse_args
+from distill.config import RESUMABLE, RunConfig, parse_args, resolve_loss
 from distill.loop import collect
 from distill.losses import LossConfig
 from distill.trainer import DistillTrainer, TrainerConfig
@@ -60,21 +62,47 @@ class Run:
     server: Any
     policy_name: str
     max_new_tokens: int
+    sync_mode: str  # "lora" | "merged" (see resolve_sync)
+    run_dir: RunDir
+    model_path: str
 
     def policy_lm(self, **kw: Any) -> Any:
         return self.client.dspy_lm(self.policy_name, max_tokens=self.max_new_tokens, **kw)
 
-    def sync(self, adapter_dir: Path, step: int) -> None:
-        """Hot-load the adapter as the new policy; drop the previous one."""
+    def sync(self, trainer: DistillTrainer, step: int) -> None:
+        """Make the served policy base + the trainer's current adapter."""
+        if self.sync_mode == "merged":
+            self.server.reload_weights(trainer.save_merged(self.run_dir.path / "policy_weights"))
+            return
+        adapter = self.run_dir.path / "policy" / f"step_{step:06d}"
+        trainer.save_adapter(adapter)
         previous, name = self.policy_name, f"policy-step-{step}"
-        self.server.load_adapter(name, adapter_dir)
+        self.server.load_adapter(name, adapter)
         self.policy_name = name
         if previous != self.server.model_name:
             self.server.unload_adapter(previous)
 
+    def serve_base(self) -> str:
+        """Serve the untrained model; returns the name to request it by."""
+        if self.sync_mode == "merged":
+            self.server.reload_weights(self.model_path)
+        return self.server.model_name
 
-def trainer_config(cfg: RunConfig, model_path: str) -> TrainerConfig:
-    loss = LossConfig(kind=cfg.loss, beta=cfg.beta, temperature=cfg.loss_temperature,
+
+def resolve_sync(sync: str, api_base: str | None) -> str:
+    """"auto": merged weights on CPU (vLLM's CPU LoRA kernels run 4-5x slower than the plain
+    model, measured in benchmarks/serving.py), a LoRA adapter on GPU and external servers."""
+    if sync == "auto":
+        from scaffold.server import cuda_available
+
+        return "lora" if api_base or cuda_available() else "merged"
+    if sync not in ("lora", "merged"):
+        raise ValueError(f"--sync must be auto, lora or merged, got {sync!r}")
+    return sync
+
+
+def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerConfig:
+    loss = LossConfig(kind=resolve_loss(cfg.loss, task_kind), beta=cfg.beta, temperature=cfg.loss_temperature,
                       top_k=cfg.top_k, clip=cfg.clip)
     return TrainerConfig(model=model_path, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                          lr=cfg.lr, micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
@@ -88,7 +116,7 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[An
     cursor = DataCursor.from_dict(restored["cursor"]) if restored else DataCursor()
     start = int(restored["loop_step"]) if restored else 0
     if restored:
-        run.sync(run_dir.checkpoint_dir(start) / "adapter", start)
+        run.sync(trainer, start)
         print(f"resumed from step {start} (cursor {cursor})")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="distill",
                dynamic_ncols=True)
@@ -99,8 +127,9 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[An
         inputs = collect(run, step, batch)
         row: dict[str, Any] = {"step": step + 1, **inputs.counts, **inputs.times}
         if inputs.pairs:
-            logprobs = inputs.sampling_logprobs if cfg.loss == "sampled_token" else None
-            sft = cfg.method == "sft"
+            sft = cfg.method in ("sft", "gold_sft")
+            sampled = resolve_loss(cfg.loss, run.task.kind) == "sampled_token" and not sft
+            logprobs = inputs.sampling_logprobs if sampled else None
             stats = trainer.train_step(inputs.pairs, inputs.weights, logprobs, **(
                 {"objective": "sft"} if sft else {}))
             row.update(stats)
@@ -108,9 +137,7 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[An
             row["skipped_no_pairs"] = 1  # no signal, no step: counted, the data moves on
         t0 = time.perf_counter()
         if (step + 1) % cfg.sync_every == 0 or step + 1 == cfg.steps:
-            adapter = run_dir.path / "policy" / f"step_{step + 1:06d}"
-            trainer.save_adapter(adapter)
-            run.sync(adapter, step + 1)
+            run.sync(trainer, step + 1)
         row["sync_s"] = time.perf_counter() - t0
         row["step_s"] = time.perf_counter() - t_step
         run_dir.log_metrics(row)
@@ -126,16 +153,19 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[An
     bar.close()
 
 
-def final_eval(run: Run, run_dir: RunDir, trained_name: str) -> list[Any]:
+def final_eval(run: Run, run_dir: RunDir) -> list[Any]:
+    """Trained (the policy being served now), then base, with no harness, same items."""
     cfg, task = run.cfg, run.task
     items = held_out(task.load("test"), cfg.eval_limit, cfg.eval_seed)
-    results = []
-    for label, name in (("base", run.server.model_name), ("trained", trained_name)):
+    results = {}
+    for label in ("trained", "base"):
+        name = run.policy_name if label == "trained" else run.serve_base()
         lm = run.client.dspy_lm(name, temperature=0.0, max_tokens=run.max_new_tokens)
         res = evaluate(task, "none", items, lm=lm, model_label=label,
                        concurrency=cfg.concurrency)
-        results.append(res)
+        results[label] = res
         write_jsonl(res.traces, run_dir.path / f"eval-traces-{label}.jsonl")
+    results = [results["base"], results["trained"]]
     from rich.console import Console
 
     Console(width=160).print(results_table(results, f"{task.name}: no harness, {len(items)} held-out items"))
@@ -157,27 +187,38 @@ def main(cfg: RunConfig) -> dict:
     harness = build_harness(cfg.program, task, index=index, **cfg.harness)
     run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    trainer = DistillTrainer(trainer_config(cfg, model_path), tokenizer=tokenizer)
+    trainer = DistillTrainer(trainer_config(cfg, model_path, task.kind), tokenizer=tokenizer)
     writer = None
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir.path / "tensorboard"))
 
+    sync_mode = resolve_sync(cfg.sync, cfg.api_base)
     with policy_endpoint(model_path, cfg.api_base, max_lora_rank=max(16, cfg.lora_r),
+                         enable_lora=sync_mode == "lora",
                          log_path=str(run_dir.path / "vllm.log")) as server:
         client = PolicyClient(server.base_url, server.model_name)
         run = Run(cfg, task, tokenizer, harness, client, server, server.model_name,
-                  cfg.max_new_tokens or MAX_TOKENS[task.kind])
+                  cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path)
         client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
         train(run, trainer, run_dir, train_set, writer)
         final = run_dir.path / "final_adapter"
         trainer.save_adapter(final)
-        results = final_eval(run, run_dir, run.policy_name) if cfg.eval_limit > 0 else []
+        results = final_eval(run, run_dir) if cfg.eval_limit > 0 else []
     print(f"\nTrained adapter: {final}\nServe it with:\n  python -m distill.serve "
           f"--model {cfg.model} --adapter {final}")
     return {"run_dir": str(run_dir.path), "eval": [r.row() for r in results]}
 
 
+def main_seeds(cfg: RunConfig) -> list[dict]:
+    """`--seeds N`: N runs with seeds seed .. seed+N-1, each in OUT/seed<k> (compare them with
+    `python -m evals.compare --runs OUT/seed*`, which reports mean and spread)."""
+    if cfg.seeds <= 1:
+        return [main(cfg)]
+    return [main(replace(cfg, seed=cfg.seed + i, seeds=1, out=f"{cfg.out}/seed{cfg.seed + i}"))
+            for i in range(cfg.seeds)]
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    main_seeds(parse_args())

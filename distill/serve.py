@@ -14,40 +14,12 @@ under `--name`. Runs until Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from scaffold.registry import cache_dir, resolve
+from scaffold.merge import merge_adapter
 from scaffold.server import PolicyServer, ServerConfig, install_sigterm_handler
-
-
-def merge_adapter(model: str, adapter: str | Path, out_root: Path | None = None) -> Path:
-    """Merge a peft adapter into its base model; returns the merged folder (cached by content)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_path = resolve(model)
-    adapter = Path(adapter).resolve()
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors: not a peft adapter")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    out = (out_root or cache_dir() / "merged") / f"{Path(base_path).name}-{digest}"
-    if (out / "config.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
-        shutil.move(tmp, out)  # the temp dir is gone after the move; TemporaryDirectory tolerates it
-    return out
 
 
 def curl_example(base_url: str, model: str) -> str:

@@ -161,6 +161,42 @@ def collate(pairs: list[SplicedPair], pad_id: int) -> Batch:
     return batch
 
 
+def shared_prefix_len(rows: list[list[int]], prompt_lens: list[int]) -> int:
+    """Length of the longest common prefix of `rows`, capped so that every row keeps at least
+    its last prompt position (the one whose logits predict the first response token)."""
+    cap = min(prompt_lens) - 1
+    first = rows[0]
+    n = 0
+    while n < cap and all(r[n] == first[n] for r in rows[1:]):
+        n += 1
+    return n
+
+
+def pad_suffixes(
+    rows: list[list[int]], prompt_lens: list[int], prefix_len: int, pad_id: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Right-pad what follows a shared prefix of `prefix_len` tokens.
+
+    Returns ``(ids, attention_mask, response_mask, position_ids)`` for the suffixes: ``ids``
+    and ``response_mask`` are ``[B, S]`` (suffix columns only), ``attention_mask`` is
+    ``[B, prefix_len + S]`` (the prefix is attended by every row), positions continue from
+    ``prefix_len``. Right padding is safe here: attention is causal, so padding after a
+    row's last token changes nothing before it.
+    """
+    width = max(len(r) for r in rows) - prefix_len
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), prefix_len + width), dtype=torch.long)
+    attention[:, :prefix_len] = 1
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, (row, prompt_len) in enumerate(zip(rows, prompt_lens, strict=True)):
+        suffix = row[prefix_len:]
+        ids[b, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+        attention[b, prefix_len : prefix_len + len(suffix)] = 1
+        response_mask[b, prompt_len - 1 - prefix_len : len(suffix) - 1] = True
+    position_ids = (prefix_len + torch.arange(width)).unsqueeze(0).expand(len(rows), -1)
+    return ids, attention, response_mask, position_ids
+
+
 def _predicted_tokens(input_ids: Tensor, response_mask: Tensor) -> Tensor:
     """The tokens that the masked positions' logits predict (``input_ids[t + 1]``)."""
     shifted = torch.zeros_like(response_mask)

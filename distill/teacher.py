@@ -72,11 +72,20 @@ def from_trace(trace: Trace, student: Messages, policy: str = "final_request") -
 
 def with_reference(task: Any, example: Any) -> TeacherContext:
     """`opsd`: the student's prompt with the verified reference inserted before the answer."""
-    student = task.student_messages(example)
-    reference = task.reference_text(example)
+    return _with_note(task.student_messages(example), "A verified reference answer (use it, do "
+                      "not mention it):", task.reference_text(example))
+
+
+def with_worked_answer(student: list[dict], answer: str) -> TeacherContext:
+    """`ssopd`: the student's prompt with one of its own correct answers shown."""
+    return _with_note(student, "A correct answer to this (use it, do not mention it):", answer)
+
+
+def _with_note(student: list[dict], heading: str, text: str) -> TeacherContext:
+    """The student's messages with `heading` and `text` appended to the last user turn (the
+    assistant prefill, if any, stays last)."""
     body = student[:-1] if student[-1]["role"] == "assistant" else student
     tail = student[len(body):]
     last = dict(body[-1])
-    last["content"] = (f"{last['content']}\n\nA verified reference answer (use it, do not "
-                       f"mention it):\n{reference}")
+    last["content"] = f"{last['content']}\n\n{heading}\n{text}"
     return TeacherContext([*body[:-1], last, *tail], False)

@@ -35,7 +35,14 @@ import psutil
 import torch
 
 from distill.losses import LossConfig, chunked_distill_loss, chunked_nll
-from distill.splicing import SplicedPair, collate, gather_response_positions
+from distill.shared_prefix import PrefixKV, suffix_hidden
+from distill.splicing import (
+    SplicedPair,
+    collate,
+    gather_response_positions,
+    pad_suffixes,
+    shared_prefix_len,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,10 @@ class TrainerConfig:
     dtype: str = "auto"  # "auto" | "bfloat16" | "float16" | "float32" (base weights only)
     seed: int = 0
     gradient_checkpointing: bool = False
+    # Compute a prompt prefix shared by all rows of a step once (see distill.shared_prefix);
+    # off under gradient checkpointing. Shorter shared prefixes are not worth the detour.
+    share_prefix: bool = True
+    min_shared_prefix: int = 64
     device: str = "auto"  # "auto": cuda if available, else cpu
 
 
@@ -274,40 +285,39 @@ class DistillTrainer:
         mbs = self.cfg.micro_batch_size
         loss_sum = 0.0
         stat_sums = dict.fromkeys(_SUMMED_STATS, 0.0)
-        t_teacher = t_student = 0.0
         nonfinite = False
         n_micro = 0
-        for start in range(0, len(pairs), mbs):
+        starts = list(range(0, len(pairs), mbs))
+        batches = [collate(pairs[s : s + mbs], self.pad_id).to(device) for s in starts]
+        # Teacher first, for every micro-batch: its hidden states at response positions are
+        # small, and switching adapters (frozen/ema) never happens while the student's
+        # shared-prefix graph is alive.
+        t0 = time.perf_counter()
+        teacher_hs: list[torch.Tensor | None] = [None] * len(starts)
+        if not sft:
+            teacher_prefix = self._prefix(pairs, "teacher", grad=False)
+            self.model.eval()  # no dropout in the teacher
+            with torch.no_grad(), self.teacher_weights():
+                for k, start in enumerate(starts):
+                    teacher_hs[k] = self._response_hidden(pairs[start : start + mbs], batches[k],
+                                                          "teacher", teacher_prefix)
+            if teacher_prefix is not None:
+                teacher_prefix.release()
+        t_teacher = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        student_prefix = self._prefix(pairs, "student", grad=True)
+        t_student = time.perf_counter() - t0
+        for k, start in enumerate(starts):
             chunk = pairs[start : start + mbs]
             n_micro += 1
-            batch = collate(chunk, self.pad_id).to(device)
+            batch = batches[k]
             n_tokens = sum(lengths[start : start + mbs])
-
-            t0 = time.perf_counter()
-            self.model.eval()  # no dropout in the teacher
-            teacher_h = None
-            if not sft:
-                with torch.no_grad(), self.teacher_weights():
-                    teacher_h = gather_response_positions(
-                        self.last_hidden(
-                            batch.teacher_input_ids,
-                            batch.teacher_attention_mask,
-                            batch.teacher_position_ids,
-                        ),
-                        batch.teacher_response_mask,
-                    )
+            teacher_h = teacher_hs[k]
+            teacher_hs[k] = None
             t1 = time.perf_counter()
-            t_teacher += t1 - t0
 
             self.model.train()
-            student_h = gather_response_positions(
-                self.last_hidden(
-                    batch.student_input_ids,
-                    batch.student_attention_mask,
-                    batch.student_position_ids,
-                ),
-                batch.student_response_mask,
-            )
+            student_h = self._response_hidden(chunk, batch, "student", student_prefix)
             teacher_n = student_h.shape[0] if teacher_h is None else teacher_h.shape[0]
             if student_h.shape[0] != n_tokens or teacher_n != n_tokens:
                 raise RuntimeError(
@@ -357,6 +367,13 @@ class DistillTrainer:
                 stat_sums[key] += float(stats.get(key, 0.0))
 
         t0 = time.perf_counter()
+        if student_prefix is not None:
+            if nonfinite:
+                student_prefix.release()
+            else:
+                student_prefix.backward()  # the prefix's share of every row's gradient
+        t_student += time.perf_counter() - t0
+        t0 = time.perf_counter()
         params = list(self._live_params.values())
         grad_norm = float("nan")
         if not nonfinite:
@@ -395,8 +412,44 @@ class DistillTrainer:
             "time_student_s": t_student,
             "time_optim_s": t_optim,
             "micro_batches": n_micro,
+            "shared_prefix_tokens": 0 if student_prefix is None else student_prefix.length,
             "peak_rss_mb": _peak_rss_mb(),
         }
+
+    def _prefix(self, pairs: list[SplicedPair], side: str, grad: bool) -> PrefixKV | None:
+        """The prefix every pair's `side` sequence shares, run once (None if not worth it)."""
+        # Not with an EMA teacher: peft's set_adapter flips requires_grad on the live adapter,
+        # and the student's prefix graph lives across that switch (its gradients came out
+        # wrong in tests/test_shared_prefix.py); the plain path is exact there.
+        if not self.cfg.share_prefix or self.cfg.gradient_checkpointing or \
+                self.cfg.teacher == "ema":
+            return None
+        rows = [getattr(p, f"{side}_ids") for p in pairs]
+        n = shared_prefix_len(rows, [getattr(p, f"{side}_prompt_len") for p in pairs])
+        if n < self.cfg.min_shared_prefix:
+            return None
+        if grad:
+            self.model.train()
+            return PrefixKV(self.decoder, rows[0][:n], grad=True)
+        self.model.eval()
+        with torch.no_grad(), self.teacher_weights():
+            return PrefixKV(self.decoder, rows[0][:n], grad=False)
+
+    def _response_hidden(self, chunk: list[SplicedPair], batch, side: str,
+                         prefix: PrefixKV | None) -> torch.Tensor:
+        """``[N, H]`` last hidden states at `side`'s response positions of a micro-batch."""
+        if prefix is None:
+            hidden = self.last_hidden(getattr(batch, f"{side}_input_ids"),
+                                      getattr(batch, f"{side}_attention_mask"),
+                                      getattr(batch, f"{side}_position_ids"))
+            return gather_response_positions(hidden, getattr(batch, f"{side}_response_mask"))
+        device = self.lm_head.weight.device
+        ids, attention, mask, positions = pad_suffixes(
+            [getattr(p, f"{side}_ids") for p in chunk],
+            [getattr(p, f"{side}_prompt_len") for p in chunk], prefix.length, self.pad_id)
+        hidden = suffix_hidden(self.decoder, prefix, ids.to(device), attention.to(device),
+                               positions.to(device))
+        return gather_response_positions(hidden, mask.to(device))
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -419,6 +472,43 @@ class DistillTrainer:
         self.model.save_pretrained(
             str(directory), selected_adapters=[LIVE_ADAPTER], safe_serialization=True
         )
+
+    @torch.no_grad()
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base model's weights with the LIVE adapter merged in, under the plain HF names
+        (what a model folder holds), in the base dtype. Each merged weight is summed in fp32
+        and rounded once, so small adapter deltas are not lost to bf16 twice."""
+        from peft.tuners.lora import LoraLayer
+
+        merged: dict[str, torch.Tensor] = {}
+        for name, module in self.base.named_modules():
+            if isinstance(module, LoraLayer) and LIVE_ADAPTER in module.lora_A:
+                base = module.get_base_layer().weight
+                delta = module.get_delta_weight(LIVE_ADAPTER).float()
+                merged[f"{name}.weight"] = (base.float() + delta).to(base.dtype)
+        state = {}
+        for key, value in self.base.state_dict().items():
+            if "lora_" in key:
+                continue
+            plain = key.replace(".base_layer.", ".")
+            state[plain] = merged.get(plain, value).detach().contiguous()
+        head = self.base.get_output_embeddings().weight
+        embed = self.base.get_input_embeddings().weight
+        if head is embed or head.data_ptr() == embed.data_ptr():
+            state.pop("lm_head.weight", None)  # tied: the folder stores the embeddings once
+        return state
+
+    def save_merged(self, directory: str | Path) -> Path:
+        """Write the merged weights as `model.safetensors` in `directory` (atomically, via a
+        temporary file): the folder vLLM's in-place reload reads."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "model.safetensors.tmp"
+        save_file(self.merged_state_dict(), str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / "model.safetensors")
+        return directory
 
     def load_adapter(self, directory: str | Path) -> None:
         """Load LoRA weights saved by `save_adapter` into the live adapter (in place, so the

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--verify", default=None, help="draft_verify: disagree | always | never")
+    p.add_argument("--harness", type=json.loads, default={},
+                   help='harness options as JSON, e.g. \'{"draft_prompt": "short"}\'')
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="output folder (default runs/eval-TASK)")
     args = p.parse_args(argv)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     index = task_bank(task) if any(needs_index(p) for p in args.program) else None
     out = Path(args.out or f"runs/eval-{task.name.replace('/', '_')}")
     out.mkdir(parents=True, exist_ok=True)
-    options = {"verify": args.verify} if args.verify else {}
+    options = {**args.harness, **({"verify": args.verify} if args.verify else {})}
     max_tokens = args.max_tokens or MAX_TOKENS[task.kind]
 
     results = []
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
             model_name = "trained"
         lm = client.dspy_lm(model_name, temperature=0.0, max_tokens=max_tokens)
         for program in args.program:
-            opts = options if program == "draft_verify" else {}
+            opts = options if program != "none" else {}
             res = evaluate(task, program, items, lm=lm, model_label=model_name, index=index,
                            concurrency=args.concurrency, harness_options=opts)
             results.append(res)

@@ -86,6 +86,10 @@ class _Adapters:
         unload_adapter(self.base_url, name)
         self.adapters.pop(name, None)
 
+    def reload_weights(self, path: str | Path) -> None:
+        """Replace the served base weights in place (see `reload_weights`)."""
+        reload_weights(self.base_url, path)
+
 
 class PolicyServer(_Adapters):
     """A vLLM server this process owns. Use as a context manager."""
@@ -137,6 +141,7 @@ class PolicyServer(_Adapters):
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+        env.setdefault("VLLM_SERVER_DEV_MODE", "1")  # /collective_rpc: in-place weight reload
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(self.cfg.kv_cache_gib)))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -285,6 +290,36 @@ def unload_adapter(base_url: str, name: str, timeout: float = 60.0) -> None:
         raise ServerError(f"unloading adapter {name!r} at {root}: server unreachable ({e})") from e
     if r.status_code != 200:
         raise ServerError(f"unloading adapter {name!r} failed ({r.status_code}): {r.text[:500]}")
+
+
+def reload_weights(base_url: str, path: str | Path, timeout: float = 300.0) -> None:
+    """Load the safetensors weights in folder `path` into the served model in place, then
+    drop the prefix cache (its keys/values came from the old weights).
+
+    This is how a merged policy is synced: on CPU, vLLM's LoRA path runs 4-5x slower than
+    the plain model (its CPU LoRA kernels gather adapter weights per token), so serving
+    base+adapter merged is the fast way to keep the policy current. Needs a server started
+    with VLLM_SERVER_DEV_MODE=1 (managed servers are).
+    """
+    path = Path(path).resolve()
+    if not any(path.glob("*.safetensors")):
+        raise ServerError(f"reload weights: {path} has no *.safetensors files")
+    root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+    body = {"method": "reload_weights", "kwargs": {"weights_path": str(path)}}
+    try:
+        r = httpx.post(f"{root}/collective_rpc", json=body, timeout=timeout)
+        if r.status_code == 404:
+            raise ServerError(
+                f"{root} has no /collective_rpc: start vLLM with VLLM_SERVER_DEV_MODE=1, or "
+                "sync the policy as a LoRA adapter instead (--sync lora)")
+        if r.status_code != 200:
+            raise ServerError(f"reloading weights from {path} failed ({r.status_code}): "
+                              f"{r.text[:500]}")
+        r = httpx.post(f"{root}/reset_prefix_cache", timeout=60.0)
+    except httpx.HTTPError as e:
+        raise ServerError(f"reloading weights at {root}: server unreachable ({e})") from e
+    if r.status_code != 200:
+        raise ServerError(f"resetting the prefix cache at {root} failed ({r.status_code})")
 
 
 def _reap_group(pgid: int) -> None:

@@ -209,3 +209,24 @@ def test_draft_verify_prepare_embeds_all_questions_in_one_batch(task, bank):
                           concurrency=4, progress=False)
     assert [len(c) for c in calls] == [5]  # one batch; every search hit the cache
     assert all(r.prediction.answer == "card_arrival" for r in results)
+
+
+def test_draft_prompt_task_puts_precedents_inside_the_bare_prompt(task, bank):
+    from harnesses.draft_verify import DraftVerify
+
+    example = ex("has my card arrived")
+    bare = task.student_messages(example)[0]["content"]
+    head = bare.split("Text:")[0]  # the label listing, before the question
+    for mode in ("task", "short"):
+        seen = []
+        program = DraftVerify(task, bank, verify="never", draft_prompt=mode)
+        pred, _, _ = run(program, example, lambda m, seen=seen: seen.append(m) or " card_arrival")
+        assert pred.answer == "card_arrival"
+        user = next(m["content"] for m in seen[0] if m["role"] == "user")
+        assert "card_arrival" in user and "Label: card_arrival" in user  # precedents shown
+        if mode == "task":  # the student's own prompt with the evidence block inserted
+            assert user.startswith(head) and user.endswith(bare[len(head):])
+        else:
+            assert not user.startswith(head)
+    with pytest.raises(ValueError, match="draft_prompt"):
+        DraftVerify(task, bank, draft_prompt="long")

@@ -1,4 +1,5 @@
-"""Real stack: `distill.run` for 2 steps on SmolLM2 + BANKING77, then resumed to 3."""
+"""Real stack: `distill.run` for 2 steps on SmolLM2 + BANKING77 (policy synced as a LoRA
+adapter), resumed to 3 with the policy synced as merged weights, then `evals.compare`."""
 
 import gc
 import json
@@ -24,10 +25,27 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     assert [r["model"] for r in first["eval"]] == ["base", "trained"]
     assert all(r["n"] == 4 for r in first["eval"])
 
-    main(parse_args([*argv, "--steps", "3"]))  # rerun: resumes at step 2, no repeat
+    # rerun: resumes at step 2, no repeat; the policy is now synced by reloading merged weights
+    third = main(parse_args([*argv, "--steps", "3", "--sync", "merged"]))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     ckpts = [json.loads(line) for line in (out / "checkpoints.jsonl").read_text().splitlines()]
     assert [c["step"] for c in ckpts] == [1, 2, 3]
     assert ckpts[-1]["cursor"] == {"epoch": 0, "index": 6}  # 3 steps x 2 examples, in order
+    assert (out / "policy_weights" / "model.safetensors").exists()
+    # final_eval served base again after trained: the base row matches the first run's
+    assert third["eval"][0]["score"] == first["eval"][0]["score"]
+
+    from evals.compare import main as compare
+
+    report = compare(["--task", "banking77", "--program", "draft_verify", "--runs", str(out),
+                      "--limit", "4", "--bank-size", "150", "--api-base", vllm_server.base_url,
+                      "--out", str(tmp_path / "compare"), "--report", str(tmp_path / "r.md")])
+    rows = {(r["model"], r["program"]): r for r in report["rows"]}
+    assert set(rows) == {("base", "none"), ("base", "draft_verify"), ("run", "none"),
+                         ("run", "draft_verify"), ("no LLM", "knn-vote k=10")}
+    assert rows[("base", "none")]["score"] == first["eval"][0]["score"]  # same items, greedy
+    assert rows[("run", "none")]["compute"]["steps"] == 3
+    assert "alt_label_rate" in rows[("run", "none")]
+    assert (tmp_path / "compare" / "curves.png").exists() and (tmp_path / "r.md").exists()
     gc.collect()  # the trainers' weights and activations: give the memory back to the suite

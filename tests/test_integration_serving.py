@@ -51,3 +51,34 @@ def test_chat_lora_and_clean_stop(vllm_server, smollm2_path, tmp_path):
     assert max(abs(a - b) for a, b in zip(again_base.logprobs, base_lp.logprobs, strict=True)) < 1e-3
     vllm_server.unload_adapter("rand")
     assert "rand" not in client.models()
+
+
+def test_merged_weights_reload_matches_the_trainer(vllm_server, smollm2_path, tmp_path):
+    """Policy sync by merged weights: after `reload_weights`, vLLM scores a greedy answer as
+    the trainer's base + adapter does (bf16 tolerance), and reloading the base restores it."""
+    from distill.trainer import DistillTrainer, TrainerConfig
+
+    trainer = DistillTrainer(TrainerConfig(model=smollm2_path, dtype="bfloat16"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+    client = PolicyClient(vllm_server.base_url, vllm_server.model_name)
+    prompt = render_ids(trainer.tokenizer, MESSAGES)
+    before = client.complete(prompt, max_tokens=8, temperature=0.0)[0]
+    try:
+        vllm_server.reload_weights(trainer.save_merged(tmp_path / "merged"))
+        merged = client.complete(prompt, max_tokens=8, temperature=0.0)[0]
+        trainer.model.eval()
+        with torch.no_grad():
+            logits = trainer.model(input_ids=torch.tensor([prompt + merged.token_ids])).logits
+        logprobs = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), -1)
+        hf = logprobs.gather(-1, torch.tensor(merged.token_ids)[:, None])[:, 0].tolist()
+        assert max(abs(a - b) for a, b in zip(hf, merged.logprobs, strict=True)) < 0.15
+        assert merged.token_ids != before.token_ids or max(
+            abs(a - b) for a, b in zip(merged.logprobs, before.logprobs, strict=True)) > 0.05
+    finally:
+        vllm_server.reload_weights(smollm2_path)
+    after = client.complete(prompt, max_tokens=8, temperature=0.0)[0]
+    assert after.token_ids == before.token_ids

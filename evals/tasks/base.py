@@ -164,7 +164,9 @@ class Task:
     def format_instruction(self) -> str:
         raise NotImplementedError
 
-    def student_messages(self, ex: Example) -> list[dict]:
+    def student_messages(self, ex: Example, evidence: str | None = None) -> list[dict]:
+        """The bare prompt. `evidence`: a block a harness shows before the question (e.g.
+        retrieved precedents); None gives the student's prompt exactly."""
         raise NotImplementedError
 
     def parse(self, completion: str) -> str | None:

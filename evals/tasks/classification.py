@@ -81,12 +81,13 @@ class ClassificationTask(Task):
     def format_instruction(self) -> str:
         return "Answer with exactly one label from the list, written as: Label: <label>"
 
-    def student_messages(self, ex: Example) -> list[dict]:
+    def student_messages(self, ex: Example, evidence: str | None = None) -> list[dict]:
         listing = "\n".join(self.labels)
         user = (
             f"Classify the {self.subject} into one of these {len(self.labels)} labels:\n"
             f"{listing}\n\n"
-            f"{self.subject.capitalize()}: {ex.question}\n\n"
+            + (f"{evidence}\n\n" if evidence else "")
+            + f"{self.subject.capitalize()}: {ex.question}\n\n"
             f"{self.format_instruction()}"
         )
         return self._with_prefill(user)

@@ -119,8 +119,10 @@ class LawBench33Task(Task):
     def format_instruction(self) -> str:
         return "答案写成“罪名:”后接罪名名称的形式，多个罪名用分号;分隔，例如 罪名:盗窃;诈骗"
 
-    def student_messages(self, ex: Example) -> list[dict]:
-        return self._with_prefill(f"{_INSTRUCTION}\n\n{ex.question}\n\n{self.format_instruction()}")
+    def student_messages(self, ex: Example, evidence: str | None = None) -> list[dict]:
+        block = f"{evidence}\n\n" if evidence else ""
+        return self._with_prefill(
+            f"{_INSTRUCTION}\n\n{block}{ex.question}\n\n{self.format_instruction()}")
 
     def parse(self, completion: str) -> str | None:
         """The predicted charges, sorted and joined by ";", or None when none is named."""

@@ -86,8 +86,9 @@ class MathTask(Task):
     def format_instruction(self) -> str:
         return 'End your response with "The answer is \\boxed{X}." where X is the final answer.'
 
-    def student_messages(self, ex: Example) -> list[dict]:
-        user = f"{ex.question}\n\nSolve the problem step by step. {self.format_instruction()}"
+    def student_messages(self, ex: Example, evidence: str | None = None) -> list[dict]:
+        block = f"{evidence}\n\n" if evidence else ""
+        user = f"{block}{ex.question}\n\nSolve the problem step by step. {self.format_instruction()}"
         return self._with_prefill(user)
 
     def extract(self, completion: str) -> tuple[str | None, str]:

@@ -1,0 +1,256 @@
+"""Compare base, base + harness, and trained runs with and without the harness, on the
+same held-out items with the same (greedy) sampling.
+
+    python -m evals.compare --task banking77 --program draft_verify \\
+        --runs runs/banking77-ophsd runs/b77-opsd runs/b77-gold_sft --limit 300
+    python -m evals.compare ... --report docs/results.md     # also write the markdown report
+
+What it does:
+1. starts one vLLM server for --model (no LoRA: each trained adapter is merged into the
+   base and reloaded in place, which on CPU is 4-5x faster to serve than a LoRA adapter);
+2. for the base model and for each run (its final adapter, or an adapter folder given
+   directly) evaluates the bare prompt ("none") and --program on the same items;
+3. adds the no-LLM nearest-neighbour vote over the train split (label tasks);
+4. prints the table (score with a 95% bootstrap interval, n, answer tokens, harness calls,
+   wall time, internalization diagnostics, training compute), writes compare.json, the
+   table as a bar chart (compare.png) and the runs' training curves (curves.png) under
+   --out; runs that differ only in their seed are also summarized as mean and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from evals.bank import task_bank
+from evals.diagnostics import answer_diagnostics
+from evals.metrics import fmt_ci, held_out, mean_ci
+from evals.plots import comparison_bars, read_metrics, training_curves
+from evals.runner import MAX_TOKENS, EvalResult, evaluate
+from evals.tasks import get_task
+from harnesses import HARNESSES, needs_index
+from scaffold.client import PolicyClient
+from scaffold.merge import merge_adapter
+from scaffold.registry import resolve
+from scaffold.server import install_sigterm_handler, policy_endpoint
+
+KNN_K = 10
+
+
+@dataclass
+class Subject:
+    """A model to evaluate: the base, or one training run's adapter."""
+
+    label: str
+    adapter: Path | None = None
+    run_dir: Path | None = None
+    config: dict = field(default_factory=dict)
+    compute: dict = field(default_factory=dict)
+
+
+def load_subject(path: str | Path) -> Subject:
+    """A run folder (its final adapter, else its latest checkpoint's) or a peft adapter folder."""
+    path = Path(path)
+    if (path / "adapter_config.json").exists():
+        step = re.fullmatch(r"step_(\d+)", path.parent.name)
+        run_dir = path.parent.parent.parent
+        if path.name == "adapter" and step and (run_dir / "config.json").exists():
+            at = int(step.group(1))  # RUN/checkpoints/step_N/adapter: the run as of step N
+            return Subject(label=f"{run_dir.name}@{at}", adapter=path, run_dir=run_dir,
+                           config=json.loads((run_dir / "config.json").read_text()),
+                           compute=run_compute(run_dir, up_to=at))
+        return Subject(label=path.name, adapter=path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path}: neither a run folder (config.json) nor a peft adapter "
+                                "folder (adapter_config.json)")
+    adapter = path / "final_adapter"
+    if not (adapter / "adapter_config.json").exists():
+        checkpoints = sorted((path / "checkpoints").glob("step_*/adapter"))
+        if not checkpoints:
+            raise FileNotFoundError(f"{path}: no final_adapter and no checkpoint adapters yet")
+        adapter = checkpoints[-1]
+    label = path.parent.name if re.fullmatch(r"seed\d+", path.name) else path.name
+    return Subject(label=label, adapter=adapter, run_dir=path,
+                   config=json.loads(config_file.read_text()), compute=run_compute(path))
+
+
+def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
+    """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples,
+    rollouts, student tokens trained on, and wall-clock time of the training loop."""
+    rows = [r for r in read_metrics(run_dir) if up_to is None or r.get("step", 0) <= up_to]
+    return {
+        "steps": len(rows),
+        "examples": sum(r.get("examples", 0) for r in rows),
+        "rollouts": sum(r.get("rollouts", 0) for r in rows),
+        "student_tokens": sum(r.get("tokens", 0) for r in rows),
+        "train_wall_s": round(sum(r.get("step_s", 0.0) for r in rows), 1),
+    }
+
+
+def knn_baseline(task: Any, items: list[Any], index: Any, k: int = KNN_K) -> dict:
+    """The nearest-neighbour vote over the train split: the no-LLM baseline row."""
+    t0 = time.perf_counter()
+    votes = index.knn_vote_batch([ex.question for ex in items], k)
+    scores = [float(label == ex.answer) for (label, _), ex in zip(votes, items, strict=True)]
+    mean, lo, hi = mean_ci(scores)
+    return {"task": task.name, "program": f"knn-vote k={k}", "model": "no LLM", "n": len(items),
+            "score": mean, "ci_low": lo, "ci_high": hi, "calls_per_example": 0.0,
+            "answer_tokens_per_example": 0.0, "wall_s": time.perf_counter() - t0}
+
+
+def result_row(res: EvalResult, task: Any, subject: Subject) -> dict:
+    row = res.row()
+    if res.program == "none":  # diagnostics describe the bare answer
+        completions = [(t.final_call().completion if t.final_call() else "") for t in res.traces]
+        row.update(answer_diagnostics(task, completions))
+    row["compute"] = subject.compute
+    row["method"] = subject.config.get("method", "base" if subject.adapter is None else "")
+    row["seed"] = subject.config.get("seed")
+    return row
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over runs with the same label and program (seeds)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["program"]), []).append(r["score"])
+    return [{"model": m, "program": p, "runs": len(v), "mean": statistics.fmean(v),
+             "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+            for (m, p), v in groups.items() if len(v) > 1]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    diag = [k for k in ("alt_label_rate", "cites_case_rate", "plans_first_rate")
+            if any(k in r for r in rows)]
+    head = ["model", "program", "score [95% CI]", "n", "answer tok", "calls/ex", "wall s",
+            *diag, "train examples", "student tokens", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        c = r.get("compute") or {}
+        cells = [r["model"], r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+                 str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
+                 f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}",
+                 *[f"{r[k]:.2f}" if k in r else "" for k in diag],
+                 str(c.get("examples", "")), str(c.get("student_tokens", "")),
+                 str(c.get("train_wall_s", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rich_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("model", "program", "score [95% CI]", "n", "answer tok", "calls/ex", "wall s"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["model"], r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+                      str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
+                      f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}")
+    return table
+
+
+def write_report(path: Path, command: str, sections: list[tuple[str, str]]) -> None:
+    """A generated markdown report: the command that made it, then each titled section."""
+    body = [f"<!-- generated by: {command} -->", "# Results", "",
+            f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by:", "",
+            f"    {command}", ""]
+    for title, text in sections:
+        body += [f"## {title}", "", text, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(body))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="banking77")
+    p.add_argument("--program", default="draft_verify", choices=sorted(set(HARNESSES) - {"none"}))
+    p.add_argument("--runs", nargs="*", default=[], help="run folders or adapter folders")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--api-base", default=None, help="use this vLLM server (started with "
+                   "VLLM_SERVER_DEV_MODE=1 and serving --model) instead of starting one")
+    p.add_argument("--bank-size", type=int, default=None,
+                   help="precedents: a seeded subset of the train split (default: all of it)")
+    p.add_argument("--limit", type=int, default=300, help="held-out items (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample")
+    p.add_argument("--harness", type=json.loads, default={}, help="harness options as JSON")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--no-knn", action="store_true", help="skip the nearest-neighbour baseline")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-TASK)")
+    p.add_argument("--report", default=None, help="also write this markdown report")
+    args = p.parse_args(argv)
+    install_sigterm_handler()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    task = get_task(args.task, data_root=args.data_root)
+    items = held_out(task.load("test"), args.limit, args.seed)
+    subjects = [Subject(label="base")] + [load_subject(r) for r in args.runs]
+    label_task = task.kind != "math"
+    index = task_bank(task, limit=args.bank_size) \
+        if needs_index(args.program) or (label_task and not args.no_knn) else None
+    out = Path(args.out or f"runs/compare-{task.name.replace('/', '_')}")
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = resolve(args.model)
+    max_tokens = MAX_TOKENS[task.kind]
+
+    rows: list[dict] = []
+    with policy_endpoint(model_path, args.api_base, enable_lora=False,
+                         log_path=str(out / "vllm.log")) as server:
+        client = PolicyClient(server.base_url, server.model_name)
+        lm = client.dspy_lm(server.model_name, temperature=0.0, max_tokens=max_tokens)
+        try:
+            for subject in subjects:
+                server.reload_weights(
+                    merge_adapter(args.model, subject.adapter) if subject.adapter else model_path)
+                for program in ("none", args.program):
+                    res = evaluate(task, program, items, lm=lm, model_label=subject.label,
+                                   index=index, concurrency=args.concurrency,
+                                   harness_options=args.harness if program != "none" else None)
+                    rows.append(result_row(res, task, subject))
+        finally:
+            if args.api_base and len(subjects) > 1:
+                server.reload_weights(model_path)  # leave a shared server as we found it
+    if label_task and not args.no_knn:
+        rows.append(knn_baseline(task, items, index))
+
+    title = f"{task.name}: {len(items)} held-out items, greedy"
+    Console(width=160).print(rich_table(rows, title))
+    summary = seed_summary(rows)
+    bars = comparison_bars(rows, out / "compare.png", title)
+    runs = {s.label + (f" s{s.config.get('seed')}" if s.config else ""): s.run_dir
+            for s in subjects if s.run_dir}
+    curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
+    command = "python -m evals.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    record = {"command": command, "items": len(items), "rows": rows, "seed_summary": summary,
+              "plots": [str(bars)] + ([str(curves)] if curves else [])}
+    (out / "compare.json").write_text(json.dumps(record, indent=2, default=str))
+    print(markdown_table(rows))
+    if args.report:
+        report = Path(args.report)
+        rel = os.path.relpath(out, report.parent)
+        sections = [(title, markdown_table(rows)), ("Plots", f"![comparison]({rel}/compare.png)"
+                     + (f"\n\n![training]({rel}/curves.png)" if curves else ""))]
+        if summary:
+            sections.append(("Seeds", "\n".join(
+                f"- {s['model']} / {s['program']}: {s['mean']:.3f} ± {s['std']:.3f} over "
+                f"{s['runs']} runs" for s in summary)))
+        write_report(report, command, sections)
+        print(f"wrote {report}")
+    print(f"wrote {out / 'compare.json'}, {bars}" + (f", {curves}" if curves else ""))
+    return record
+
+
+if __name__ == "__main__":
+    main()

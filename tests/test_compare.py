@@ -1,0 +1,120 @@
+"""evals.compare's pieces on hand-made rows, run folders and a hashing-embedder bank; the
+internalization diagnostics on hand-written answers; the report plots as real PNG files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from evals.compare import (
+    knn_baseline,
+    load_subject,
+    markdown_table,
+    run_compute,
+    seed_summary,
+    write_report,
+)
+from evals.diagnostics import answer_diagnostics, labels_named, plans_first
+from evals.plots import comparison_bars, training_curves
+from evals.tasks.base import Example
+from scaffold.embeddings import HashingEmbedder
+from scaffold.precedents import PrecedentIndex
+
+LABELS = ["card_arrival", "lost_or_stolen_card", "top_up_failed"]
+
+
+def row(model: str, program: str, score: float, **extra) -> dict:
+    return {"model": model, "program": program, "score": score, "ci_low": score - 0.1,
+            "ci_high": score + 0.1, "n": 10, "answer_tokens_per_example": 3.0,
+            "calls_per_example": 1.0, "wall_s": 2.0, **extra}
+
+
+def make_run(path: Path, seed: int, losses: list[float]) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"method": "ophsd", "seed": seed}))
+    with open(path / "metrics.jsonl", "w") as f:
+        for i, loss in enumerate(losses, 1):
+            f.write(json.dumps({"step": i, "loss": loss, "examples": 4, "rollouts": 4,
+                                "student_correct": i, "harness_correct": 3, "tokens": 10,
+                                "step_s": 1.5}) + "\n")
+        f.write('{"step": 99, "loss"')  # a torn last line is ignored
+    (path / "final_adapter").mkdir()
+    (path / "final_adapter" / "adapter_config.json").write_text("{}")
+    return path
+
+
+def test_labels_named_and_label_diagnostics():
+    task = SimpleNamespace(kind="classification", labels=LABELS)
+    assert labels_named("card_arrival, not lost_or_stolen_card", LABELS) == [
+        "card_arrival", "lost_or_stolen_card"]
+    rates = answer_diagnostics(task, [" card_arrival", " lost_or_stolen_card or card_arrival",
+                                      " top_up_failed, like the similar message above",
+                                      " nonsense"])
+    assert rates == {"alt_label_rate": 0.25, "cites_case_rate": 0.25}
+    assert answer_diagnostics(task, []) == {}
+
+
+def test_plans_first():
+    assert plans_first("Plan:\n1. add\n2. multiply\n3 + 4 = 7")
+    assert plans_first("First, find the total.\n3 * 4 = 12")
+    assert not plans_first("3 * 4 = 12\nStep 2: done")  # computed before any plan
+    assert not plans_first("The answer is 12.")
+    task = SimpleNamespace(kind="math")
+    assert answer_diagnostics(task, ["Step 1: x = 2", "x = 2"]) == {"plans_first_rate": 0.5}
+
+
+def test_run_subjects_compute_and_seed_summary(tmp_path):
+    a = make_run(tmp_path / "ophsd" / "seed0", 0, [1.0, 0.8])
+    b = make_run(tmp_path / "ophsd" / "seed1", 1, [1.1, 0.7, 0.6])
+    sa, sb = load_subject(a), load_subject(b)
+    assert sa.label == sb.label == "ophsd"  # seed folders are named after their parent
+    assert sa.adapter == a / "final_adapter"
+    assert run_compute(b) == {"steps": 3, "examples": 12, "rollouts": 12, "student_tokens": 30,
+                              "train_wall_s": 4.5}
+    rows = [row("ophsd", "none", 0.5), row("ophsd", "none", 0.7), row("base", "none", 0.1)]
+    (summary,) = seed_summary(rows)
+    assert summary["runs"] == 2 and summary["mean"] == pytest.approx(0.6)
+    assert summary["std"] == pytest.approx(0.1414, abs=1e-3)
+    ckpt = b / "checkpoints" / "step_000002" / "adapter"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_config.json").write_text("{}")
+    early = load_subject(ckpt)
+    assert early.label == "seed1@2" and early.compute["steps"] == 2
+    assert early.compute["examples"] == 8 and early.config["seed"] == 1
+    with pytest.raises(FileNotFoundError, match="neither a run folder"):
+        load_subject(tmp_path)
+
+
+def test_knn_baseline_scores_the_vote(tmp_path):
+    train = [("my card has not arrived", "card_arrival"), ("card still not here", "card_arrival"),
+             ("someone stole my card", "lost_or_stolen_card"), ("top up did not work",
+                                                              "top_up_failed")]
+    index = PrecedentIndex.build([f"t{i}" for i in range(4)], [t for t, _ in train],
+                                 [lab for _, lab in train], HashingEmbedder(), progress=False)
+    items = [Example("q1", "my card has not arrived yet", "card_arrival"),
+             Example("q2", "the top up did not work", "lost_or_stolen_card")]  # wrong on purpose
+    task = SimpleNamespace(name="toy")
+    got = knn_baseline(task, items, index, k=1)
+    assert got["score"] == 0.5 and got["n"] == 2 and got["calls_per_example"] == 0.0
+
+
+def test_markdown_table_report_and_plots(tmp_path):
+    rows = [row("base", "none", 0.04, alt_label_rate=0.0),
+            row("ophsd", "draft_verify", 0.8, compute={"examples": 64, "student_tokens": 500,
+                                                       "train_wall_s": 30.0})]
+    table = markdown_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == 4 and "alt_label_rate" in lines[0]
+    assert "0.800 [0.700, 0.900]" in lines[3] and "| 64 | 500 | 30.0 |" in lines[3]
+    report = tmp_path / "docs" / "results.md"
+    write_report(report, "python -m evals.compare --x", [("Table", table)])
+    text = report.read_text()
+    assert "python -m evals.compare --x" in text and "## Table" in text
+    bars = comparison_bars(rows, tmp_path / "bars.png", "t")
+    run = make_run(tmp_path / "r", 0, [1.0, 0.5, 0.4])
+    curves = training_curves({"r": run}, tmp_path / "curves.png", "t")
+    for png in (bars, curves):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -1,0 +1,151 @@
+"""Methods beyond ophsd: gold_sft targets, ssopd group selection and weights, config rules."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from distill.config import RunConfig, parse_args, resolve_loss
+from distill.loop import StepInputs, _add_ssopd, gold_target_ids, ssopd_weight
+from distill.run import resolve_sync
+from distill.teacher import with_worked_answer
+from evals.tasks.base import Example
+
+EOS = 1
+
+
+class CharTokenizer:
+    """One id per character (ord + 10); EOS = 1; a chat template of '<role>content' turns."""
+
+    eos_token_id = EOS
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) + 10 for c in text]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i - 10) for i in ids if i != EOS)
+
+    def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False,
+                            continue_final_message=False, **_):
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return self.encode(text) if tokenize else text
+
+
+class LabelTask:
+    kind, answer_prefix = "classification", "Label:"
+
+    def reference_text(self, ex: Example) -> str:
+        return f"Label: {ex.answer}"
+
+    def grade(self, completion: str, ex: Example) -> float:
+        return float(completion.strip().split("\n")[0].strip() == ex.answer)
+
+
+def completion(text: str) -> SimpleNamespace:
+    tok = CharTokenizer()
+    ids = tok.encode(text)
+    return SimpleNamespace(text=text, token_ids=ids, logprobs=[-0.5] * len(ids))
+
+
+def test_gold_target_follows_the_prefill_and_ends_with_eos():
+    tok, ex = CharTokenizer(), Example("e1", "my card?", "card_arrival")
+    ids = gold_target_ids(tok, LabelTask(), ex)
+    assert tok.decode(ids) == " card_arrival" and ids[-1] == EOS
+
+
+@pytest.mark.parametrize(("correct", "total", "weight"),
+                         [(0, 4, 0.0), (4, 4, 0.0), (2, 4, 1.0), (1, 4, 0.75), (3, 4, 0.75)])
+def test_ssopd_weight_closed_form(correct, total, weight):
+    assert ssopd_weight(correct, total) == pytest.approx(weight)
+
+
+def test_ssopd_distils_shortest_correct_into_longest_wrong():
+    tok, task = CharTokenizer(), LabelTask()
+    ex = Example("e1", "where is my card", "card_arrival")
+    student = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Label:"}]
+    student_ids = tok.apply_chat_template(student)
+    ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig(max_len=4096))
+    group = [completion(" card_arrival\nbecause it is late"), completion(" card_arrival"),
+             completion(" lost_card"), completion(" card_payment_wrong_amount")]
+    out = StepInputs()
+    _add_ssopd(ctx, out, ex, student, student_ids, group)
+    assert out.counts["rollouts"] == 4 and out.counts["student_correct"] == 2
+    assert out.counts["ssopd_mixed"] == 1 and out.weights == [pytest.approx(1.0)]
+    pair = out.pairs[0]
+    assert tok.decode(pair.response_ids) == " card_payment_wrong_amount"  # the longest wrong one
+    teacher_text = tok.decode(pair.teacher_ids[: pair.teacher_prompt_len])
+    assert "A correct answer" in teacher_text and "card_arrival" in teacher_text
+    assert "because" not in teacher_text  # the shortest correct rollout, first line only
+    assert teacher_text.endswith("<assistant>Label:")  # the prefill stays last
+    assert pair.student_ids[: pair.student_prompt_len] == student_ids
+
+
+def test_ssopd_group_without_contrast_adds_no_pair():
+    tok, task = CharTokenizer(), LabelTask()
+    ex = Example("e1", "q", "a")
+    ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig())
+    out = StepInputs()
+    student = [{"role": "user", "content": "Q"}]
+    _add_ssopd(ctx, out, ex, student, tok.apply_chat_template(student),
+               [completion(" b"), completion(" c")])
+    assert out.pairs == [] and out.counts["rollouts"] == 2 and out.counts["ssopd_mixed"] == 0
+
+
+def test_worked_answer_context_keeps_student_prompt_as_prefix():
+    student = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Label:"}]
+    tc = with_worked_answer(student, "x")
+    assert tc.messages[0]["content"].startswith("Q\n\n") and tc.messages[-1] == student[-1]
+    assert student[0]["content"] == "Q"  # not mutated
+
+
+def test_loss_and_sync_resolution():
+    assert resolve_loss("auto", "classification") == "forward_kl"
+    assert resolve_loss("auto", "math") == "reverse_kl"
+    assert resolve_loss("jsd", "classification") == "jsd"
+    with pytest.raises(ValueError, match="unknown loss"):
+        resolve_loss("l2", "math")
+    assert resolve_sync("lora", None) == "lora"
+    assert resolve_sync("auto", "http://x:8000/v1") == "lora"  # external servers: no reload
+    with pytest.raises(ValueError):
+        resolve_sync("both", None)
+
+
+def test_ssopd_needs_a_group():
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "ssopd", "--rollouts", "1"])
+    assert parse_args(["--method", "ssopd", "--rollouts", "4"]).rollouts == 4
+    assert parse_args(["--method", "gold_sft"]).method == "gold_sft"
+
+
+def test_step_inputs_add_counts_a_too_long_context_and_never_cuts():
+    out = StepInputs()
+    assert out.add([1, 2], [1, 2, 3], [7, 8], max_len=5, weight=0.5, logprobs=[-1.0, -2.0])
+    assert not out.add([1, 2], [1, 2, 3, 4], [7, 8], max_len=5)  # teacher side: 6 > 5
+    assert out.counts["skipped_too_long"] == 1 and len(out.pairs) == 1
+    assert out.pairs[0].teacher_ids == [1, 2, 3, 7, 8] and out.weights == [0.5]
+    assert out.sampling_logprobs == [[-1.0, -2.0]]
+
+
+def test_on_policy_fraction_is_seeded_and_harness_paths_use_the_exact_ids():
+    from distill.loop import _add_harness_path, on_policy_example
+
+    cfg = RunConfig(on_policy_fraction=0.25, seed=3)
+    picks = [on_policy_example(cfg, 5, i) for i in range(400)]
+    assert picks == [on_policy_example(cfg, 5, i) for i in range(400)]  # resumable
+    assert 0.18 < sum(picks) / 400 < 0.32
+    assert all(on_policy_example(RunConfig(on_policy_fraction=1.0), 0, i) for i in range(20))
+
+    tok, task = CharTokenizer(), LabelTask()
+    task.parse = lambda text: text.strip().split("\n")[0] or None
+    ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig())
+    ids = tok.encode(" card_arrival\nmore")
+    final = SimpleNamespace(completion=" card_arrival\nmore", completion_token_ids=ids)
+    trace = SimpleNamespace(final_call=lambda: final)
+    out = StepInputs()
+    _add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0)
+    assert tok.decode(out.pairs[0].response_ids) == " card_arrival\n"  # first line, exact ids
+    assert out.pairs[0].teacher_ids[:3] == [1, 2, 3] and out.counts["harness_paths"] == 1
+    final.completion_token_ids = None  # no recorded ids: never re-tokenized, skipped
+    _add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0)
+    assert out.counts["harness_paths_skipped"] == 1 and len(out.pairs) == 1
