@@ -36,6 +36,9 @@ class RunConfig:
     on_policy_fraction: float = 0.25
     micro_batch_size: int = 8
     lr: float = 3e-4  # LoRA; 5e-4 with reverse KL at batch 8 collapsed SmolLM2 within 4 steps
+    lr_schedule: str = "constant"  # constant | cosine | linear (decay over --steps)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine/linear: the lr at the last step, as a share of --lr
     # auto | reverse_kl | forward_kl | jsd | topk_reverse_kl | sampled_token. "auto" is
     # forward KL for label tasks and reverse KL (DESIGN's default) otherwise: on BANKING77 the
     # mode-seeking reverse KL taught SmolLM2 to hedge on a token every teacher context gives
@@ -50,6 +53,10 @@ class RunConfig:
     loss_temperature: float = 1.0
     clip: float | None = None
     teacher: str = "frozen"  # live | frozen | ema  (weights that score the teacher context)
+    # auto | on | off. "on" restricts the teacher to the task's answers (a token trie of its
+    # labels) and cuts a response after its first token off them; "auto" is on for closed-set
+    # tasks (task.answer_texts()) unless the loss is sampled_token. See distill/answer_space.py.
+    answer_space: str = "auto"
     teacher_policy: str = "final_request"  # final_request | transcript
     fallback_weight: float = 0.0  # weight of no-signal examples (0 = skip them)
     lora_r: int = 16
@@ -90,6 +97,17 @@ def resolve_loss(loss: str, task_kind: str) -> str:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; use auto or one of {LOSSES}")
     return loss
+
+
+def resolve_answer_space(setting: str, loss: str, has_answers: bool) -> bool:
+    """Whether a run restricts the teacher to the task's answer space."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"answer_space must be auto, on or off, got {setting!r}")
+    if setting == "on" and not has_answers:
+        raise ValueError("answer_space on needs a task with a closed answer set (labels)")
+    if setting == "on" and loss == "sampled_token":
+        raise ValueError("answer_space on does not combine with the sampled_token loss")
+    return setting == "on" or (setting == "auto" and has_answers and loss != "sampled_token")
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

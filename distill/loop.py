@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill import teacher as teacher_ctx
+from distill.answer_space import AnswerSpace
 from distill.splicing import ContextTooLong, SplicedPair, splice
 from scaffold.chat import render_ids
 from scaffold.executor import run_program
+
+HARNESS_METHODS = ("ophsd", "sft")  # the methods that run the harness each step
 
 
 @dataclass
@@ -28,16 +31,29 @@ class StepInputs:
     pairs: list[SplicedPair] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     sampling_logprobs: list[list[float]] = field(default_factory=list)
+    supports: list[list[list[int]] | None] = field(default_factory=list)
     counts: dict = field(default_factory=lambda: {
         "examples": 0, "rollouts": 0, "fallback": 0, "skipped_fallback": 0,
         "skipped_too_long": 0, "harness_failed": 0, "harness_correct": 0,
         "student_correct": 0, "student_parsed": 0, "sft_targets": 0, "ssopd_mixed": 0,
-        "harness_paths": 0, "harness_paths_skipped": 0})
+        "harness_paths": 0, "harness_paths_skipped": 0, "off_answer_space": 0,
+        "answer_space_cut_tokens": 0})
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],
-            max_len: int, weight: float = 1.0, logprobs: list[float] | None = None) -> bool:
-        """Splice and keep one pair; a context over `max_len` is a counted skip, never cut."""
+            max_len: int, weight: float = 1.0, logprobs: list[float] | None = None,
+            space: AnswerSpace | None = None) -> bool:
+        """Splice and keep one pair; a context over `max_len` is a counted skip, never cut.
+        With an answer `space` the teacher is restricted to it, and a response that leaves
+        it is cut after its first token off it (counted; see distill.answer_space)."""
+        support = None
+        if space is not None:
+            kept, support = space.supports(response)
+            if kept < len(response):
+                self.counts["off_answer_space"] += 1
+                self.counts["answer_space_cut_tokens"] += len(response) - kept
+                response = response[:kept]
+                logprobs = None if logprobs is None else logprobs[:kept]
         try:
             pair = splice(student_ids, teacher_ids, response, max_len=max_len)
         except ContextTooLong:
@@ -46,6 +62,7 @@ class StepInputs:
         self.pairs.append(pair)
         self.weights.append(weight)
         self.sampling_logprobs.append(list(logprobs) if logprobs is not None else [])
+        self.supports.append(support)
         return True
 
 
@@ -65,7 +82,7 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
     # 1. harness on the live policy (ophsd teacher contexts, sft targets)
     t0 = time.perf_counter()
     traces = [None] * len(examples)
-    if cfg.method in ("ophsd", "sft"):
+    if cfg.method in HARNESS_METHODS:
         results = run_program(ctx.harness, examples, lm=ctx.policy_lm(temperature=0.0),
                               concurrency=cfg.concurrency, progress=False)
         traces = [r.trace for r in results]
@@ -76,11 +93,14 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
                                                             r.example) >= 1.0
     out.times["harness_s"] = time.perf_counter() - t0
 
-    # 2. student rollouts on the bare prompt, exact sampled ids
+    # 2. student rollouts on the bare prompt, exact sampled ids; ophsd samples only the
+    # examples it trains on-policy (the others train on the harness's own answer)
     t0 = time.perf_counter()
-    rollouts = []
+    on_policy = [cfg.method != "ophsd" or on_policy_example(cfg, step, i)
+                 for i in range(len(examples))]
+    rollouts: list[list[Any]] = [[] for _ in examples]
     if cfg.method in ("ophsd", "opsd", "ssopd"):
-        rollouts = _seeded_many(ctx, student_ids, step)
+        rollouts = _seeded_many(ctx, student_ids, step, on_policy)
     out.times["rollout_s"] = time.perf_counter() - t0
 
     # 3. teacher contexts and splicing
@@ -106,17 +126,21 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
             out.counts["skipped_fallback"] += 1
             continue
         teacher_ids = render_ids(tok, tc.messages)
-        on_policy = cfg.method != "ophsd" or on_policy_example(cfg, step, i)
         for comp in rollouts[i]:
             out.counts["rollouts"] += 1
             out.counts["student_correct"] += task.grade(comp.text, ex) >= 1.0
             out.counts["student_parsed"] += task.parse(comp.text) is not None
             ids, logprobs = answer_ids(tok, task, comp)
-            if ids and on_policy:
-                out.add(student_ids[i], teacher_ids, ids, cfg.max_len, weight, logprobs)
-        if not on_policy:
+            if ids:
+                out.add(student_ids[i], teacher_ids, ids, cfg.max_len, weight, logprobs,
+                        space=_answer_space(ctx))
+        if not on_policy[i]:
             _add_harness_path(ctx, out, student_ids[i], teacher_ids, traces[i], weight)
     return out
+
+
+def _answer_space(ctx: Any) -> AnswerSpace | None:
+    return getattr(ctx, "answer_space", None)
 
 
 def on_policy_example(cfg: Any, step: int, index: int) -> bool:
@@ -140,7 +164,8 @@ def _add_harness_path(ctx: Any, out: StepInputs, student_ids: list[int],
         return
     if ctx.task.kind != "math":
         ids = first_line(ctx.tokenizer, ids)
-    if out.add(student_ids, teacher_ids, ids, ctx.cfg.max_len, weight):
+    if out.add(student_ids, teacher_ids, ids, ctx.cfg.max_len, weight,
+               space=_answer_space(ctx)):
         out.counts["harness_paths"] += 1
 
 
@@ -168,15 +193,36 @@ def first_line(tokenizer: Any, ids: list[int]) -> list[int]:
     return ids
 
 
-def _seeded_many(ctx: Any, prompts: list[list[int]], step: int) -> list[list[Any]]:
+def line_end_ids(tokenizer: Any) -> list[int]:
+    """Every vocabulary id whose text contains a newline: sampling that stops on them (and
+    on EOS) yields exactly the ids `first_line` keeps, without decoding the rest."""
+    cached = getattr(tokenizer, "_scaffold_line_end_ids", None)
+    if cached is None:
+        vocab = len(tokenizer)
+        cached = [t for t in range(vocab) if "\n" in tokenizer.decode([t])]
+        try:
+            tokenizer._scaffold_line_end_ids = cached
+        except AttributeError:  # a tokenizer that takes no new attributes: recompute next time
+            pass
+    return cached
+
+
+def _seeded_many(ctx: Any, prompts: list[list[int]], step: int,
+                 wanted: list[bool]) -> list[list[Any]]:
+    """`cfg.rollouts` samples of each wanted prompt (seeded per step and index, so a resumed
+    run draws the same ones); [] for the others. One-line label answers stop at the first
+    line end: the loop would cut them there anyway (`answer_ids`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     cfg = ctx.cfg
+    stop_ids = line_end_ids(ctx.tokenizer) if ctx.task.kind != "math" else None
 
     def one(i: int) -> list[Any]:
+        if not wanted[i]:
+            return []
         return ctx.client.complete(prompts[i], model=ctx.policy_name, n=cfg.rollouts,
                                    max_tokens=ctx.max_new_tokens, temperature=cfg.temperature,
-                                   seed=sample_seed(cfg.seed, step, i))
+                                   seed=sample_seed(cfg.seed, step, i), stop_token_ids=stop_ids)
 
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         return list(pool.map(one, range(len(prompts))))
@@ -229,7 +275,8 @@ def _add_ssopd(ctx: Any, out: StepInputs, example: Any, student_msgs: list[dict]
     tc = teacher_ctx.with_worked_answer(student_msgs, shown)
     ids, logprobs = answer_ids(tok, task, wrong)
     if ids:
-        out.add(student_ids, render_ids(tok, tc.messages), ids, ctx.cfg.max_len, weight, logprobs)
+        out.add(student_ids, render_ids(tok, tc.messages), ids, ctx.cfg.max_len, weight, logprobs,
+                space=_answer_space(ctx))
 
 
 def _add_target(ctx: Any, out: StepInputs, student_ids: list[int], target: list[int]) -> None:

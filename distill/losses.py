@@ -42,6 +42,14 @@ Kinds (``LossConfig.kind``), with ``S = softmax(student / T)`` and
     ``exp(log S(y) - log q(y))``. The surrogate's *value* is not a divergence;
     log :func:`sampled_token_kl_estimate` instead.
 
+Answer support (``support``, a boolean ``[N, V]`` mask, see ``distill.answer_space``):
+the teacher is restricted to the allowed tokens of each position and renormalized
+there. ``forward_kl`` and ``jsd`` then compare that teacher with the full student
+(student mass outside the support is pushed back in); ``reverse_kl`` and
+``topk_reverse_kl`` restrict and renormalize the student too (outside the support the
+restricted teacher is zero, so the full reverse KL would be infinite).
+``sampled_token`` takes no support.
+
 The teacher never receives gradients. ``temperature`` divides both logits.
 ``clip`` clamps each token's loss from above before reduction (tokens above
 the clip get no gradient); for ``sampled_token`` it clamps the advantage to
@@ -151,23 +159,47 @@ def sampled_token_kl_estimate(
         return s - t
 
 
+_OUTSIDE = -1e30  # finite (0 * log 0 terms stay 0) and still finite after a temperature divide
+
+
+def restrict(logits: Tensor, support: Tensor | None) -> Tensor:
+    """``logits`` with every token outside ``support`` (bool, same shape) at -1e30: zero
+    probability after a softmax, while ``p * (log p - log q)`` terms stay finite."""
+    if support is None:
+        return logits
+    if support.shape != logits.shape:
+        raise ValueError(f"support {tuple(support.shape)} does not match logits "
+                         f"{tuple(logits.shape)}")
+    if not bool(support.any(-1).all()):
+        raise ValueError("every position's support needs at least one allowed token")
+    return logits.masked_fill(~support, _OUTSIDE)
+
+
 def per_token_divergence(
     student_logits: Tensor,
     teacher_logits: Tensor,
     cfg: LossConfig,
     sampled_ids: Tensor | None = None,
     sampling_logprobs: Tensor | None = None,
+    support: Tensor | None = None,
 ) -> Tensor:
     """Loss per response position, shape ``[N]``, from ``[N, V]`` logits.
 
     Differentiable with respect to ``student_logits`` only (the teacher is detached).
     ``sampled_ids`` (``[N]``) is required for ``sampled_token``; ``sampling_logprobs``
-    (``[N]``, the engine's log-probability of each sampled token) is optional.
+    (``[N]``, the engine's log-probability of each sampled token) is optional;
+    ``support`` (bool ``[N, V]``) restricts the teacher (module docstring).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"logit shapes differ: {student_logits.shape} vs {teacher_logits.shape}")
     teacher_logits = teacher_logits.detach()
     temp = cfg.temperature
+    if support is not None:
+        if cfg.kind == "sampled_token":
+            raise ValueError("sampled_token takes no answer support")
+        teacher_logits = restrict(teacher_logits, support)
+        if cfg.kind in ("reverse_kl", "topk_reverse_kl"):
+            student_logits = restrict(student_logits, support)
 
     if cfg.kind == "sampled_token":
         if sampled_ids is None:
@@ -226,6 +258,7 @@ def _chunk_losses(
     sampling_logprobs: Tensor | None,
     token_weights: Tensor,
     cfg: LossConfig,
+    support: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One chunk: returns (sum of weighted losses, detached stats in ``_STAT_NAMES`` order)."""
     dtype = torch.promote_types(student_hidden.dtype, torch.float32)
@@ -235,12 +268,13 @@ def _chunk_losses(
     with torch.no_grad():
         t_bias = None if b is None else b.detach()
         teacher_logits = F.linear(teacher_hidden.to(dtype), w.detach(), t_bias)
-    loss = per_token_divergence(student_logits, teacher_logits, cfg, sampled_ids, sampling_logprobs)
+    loss = per_token_divergence(student_logits, teacher_logits, cfg, sampled_ids, sampling_logprobs,
+                                support)
     loss_sum = (loss * token_weights.to(dtype)).sum()
     with torch.no_grad():
-        temp = cfg.temperature
-        s_logp = _log_probs(student_logits.detach(), temp)
-        t_logp = _log_probs(teacher_logits, temp)
+        temp = cfg.temperature  # stats under a support: both sides restricted to it
+        s_logp = _log_probs(restrict(student_logits.detach(), support), temp)
+        t_logp = _log_probs(restrict(teacher_logits, support), temp)
         kl_sum = _kl_from_logprobs(s_logp, t_logp).sum()
         entropy_sum = -(t_logp.exp() * t_logp).sum()
         zero = kl_sum.new_zeros(())
@@ -268,6 +302,7 @@ def chunked_distill_loss(
     sampled_ids: Tensor | None = None,
     sampling_logprobs: Tensor | None = None,
     weights: Tensor | None = None,
+    support: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Sum over response positions of ``weights_i * loss_i``, computed chunk by chunk.
 
@@ -287,6 +322,8 @@ def chunked_distill_loss(
     reverse KL at the configured temperature, whatever the loss kind, unweighted),
     ``clipped`` (tokens hit by the clip), ``teacher_entropy_sum`` and, when
     ``sampled_ids`` are given, ``sampled_kl_sum`` (sum of ``log S(y) - log P(y)``).
+    ``support`` (bool ``[N, V]``, optional) restricts the teacher to each position's
+    allowed tokens (module docstring); the stats are then over the support.
     """
     n = student_hidden.shape[0]
     if teacher_hidden.shape != student_hidden.shape:
@@ -313,6 +350,7 @@ def chunked_distill_loss(
             None if sampling_logprobs is None else sampling_logprobs[sl],
             weights[sl],
             cfg,
+            None if support is None else support[sl],
         )
         if needs_grad:
             loss_sum, chunk_stats = checkpoint(_chunk_losses, *args, use_reentrant=False)

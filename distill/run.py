@@ -33,9 +33,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from distill.answer_space import AnswerSpace
 from distill.checkpoint import RESUMABLE_KEYS, DataCursor, RunDir
-from distill.config import RESUMABLE, RunConfig, parse_args, resolve_loss
-from distill.loop import collect
+from distill.config import RESUMABLE, RunConfig, parse_args, resolve_answer_space, resolve_loss
+from distill.loop import HARNESS_METHODS, collect
 from distill.losses import LossConfig
 from distill.trainer import DistillTrainer, TrainerConfig
 from evals.bank import task_bank
@@ -65,6 +66,7 @@ class Run:
     sync_mode: str  # "lora" | "merged" (see resolve_sync)
     run_dir: RunDir
     model_path: str
+    answer_space: AnswerSpace | None = None  # the teacher's support (closed-set tasks)
 
     def policy_lm(self, **kw: Any) -> Any:
         return self.client.dspy_lm(self.policy_name, max_tokens=self.max_new_tokens, **kw)
@@ -105,7 +107,9 @@ def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerCo
     loss = LossConfig(kind=resolve_loss(cfg.loss, task_kind), beta=cfg.beta, temperature=cfg.loss_temperature,
                       top_k=cfg.top_k, clip=cfg.clip)
     return TrainerConfig(model=model_path, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                         lr=cfg.lr, micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
+                         lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+                         total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
+                         micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
                          loss=loss, seed=cfg.seed)
 
 
@@ -131,7 +135,7 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[An
             sampled = resolve_loss(cfg.loss, run.task.kind) == "sampled_token" and not sft
             logprobs = inputs.sampling_logprobs if sampled else None
             stats = trainer.train_step(inputs.pairs, inputs.weights, logprobs, **(
-                {"objective": "sft"} if sft else {}))
+                {"objective": "sft"} if sft else {"supports": inputs.supports}))
             row.update(stats)
         else:
             row["skipped_no_pairs"] = 1  # no signal, no step: counted, the data moves on
@@ -181,12 +185,16 @@ def main(cfg: RunConfig) -> dict:
     model_path = resolve(cfg.model)
     task = get_task(cfg.task, data_root=cfg.data_root)
     train_set = task.load("train")
-    index = None
-    if cfg.method in ("ophsd", "sft") and needs_index(cfg.program):
-        index = task_bank(task, limit=cfg.bank_size, seed=cfg.seed)
-    harness = build_harness(cfg.program, task, index=index, **cfg.harness)
+    harness = None  # only ophsd (teacher contexts) and sft (targets) run the harness
+    if cfg.method in HARNESS_METHODS:
+        index = task_bank(task, limit=cfg.bank_size, seed=cfg.seed) \
+            if needs_index(cfg.program) else None
+        harness = build_harness(cfg.program, task, index=index, **cfg.harness)
     run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    answers = task.answer_texts()
+    space = AnswerSpace.from_texts(tokenizer, answers) if resolve_answer_space(
+        cfg.answer_space, resolve_loss(cfg.loss, task.kind), answers is not None) else None
     trainer = DistillTrainer(trainer_config(cfg, model_path, task.kind), tokenizer=tokenizer)
     writer = None
     if cfg.tensorboard:
@@ -200,7 +208,8 @@ def main(cfg: RunConfig) -> dict:
                          log_path=str(run_dir.path / "vllm.log")) as server:
         client = PolicyClient(server.base_url, server.model_name)
         run = Run(cfg, task, tokenizer, harness, client, server, server.model_name,
-                  cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path)
+                  cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path,
+                  space)
         client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
         train(run, trainer, run_dir, train_set, writer)
         final = run_dir.path / "final_adapter"

@@ -64,6 +64,13 @@ class TrainerConfig:
     # projections, which is what vLLM's LoRA loader supports (no embed_tokens / lm_head).
     lora_target_modules: list[str] | str = "all-linear"
     lr: float = 1e-4
+    # "constant", or "cosine" / "linear" decay from lr to lr * min_lr_ratio over total_steps
+    # after warmup_steps of linear warm-up. The factor is a function of the step counter
+    # alone, so a resumed run continues the same schedule.
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None
+    min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     # The run loop draws micro_batch_size * grad_accum pairs per step; train_step itself
@@ -82,6 +89,28 @@ class TrainerConfig:
     share_prefix: bool = True
     min_shared_prefix: int = 64
     device: str = "auto"  # "auto": cuda if available, else cpu
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(step: int, schedule: str, warmup_steps: int = 0, total_steps: int | None = None,
+              min_ratio: float = 0.0) -> float:
+    """The multiplier of the base lr for optimizer step `step` (0-based): linear warm-up over
+    `warmup_steps`, then constant, or a cosine / linear decay reaching `min_ratio` at
+    `total_steps`."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if not total_steps:
+        raise ValueError(f"lr_schedule {schedule!r} needs total_steps")
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * shape
 
 
 def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
@@ -121,6 +150,8 @@ class DistillTrainer:
             raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {cfg.teacher!r}")
         if cfg.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be >= 1")
+        lr_factor(cfg.warmup_steps, cfg.lr_schedule, cfg.warmup_steps, cfg.total_steps,
+                  cfg.min_lr_ratio)  # an unknown schedule or a decay without total_steps: now
         self.cfg = cfg
         set_seed(cfg.seed)  # the LoRA init (and dropout) must be reproducible
         self.device = torch.device(
@@ -256,12 +287,15 @@ class DistillTrainer:
         weights: list[float] | None = None,
         sampling_logprobs: list[list[float]] | None = None,
         objective: str = "distill",
+        supports: list[list[list[int]] | None] | None = None,
     ) -> dict:
         """One optimizer step over `pairs` (micro-batches of `micro_batch_size`, gradients
         accumulated, global token-mean loss). A non-finite loss or gradient norm skips the
         update (gradients zeroed, weights and optimizer state untouched) and is reported as
         ``skipped_nonfinite=1``. `weights` are per pair (spread over its response tokens);
-        `sampling_logprobs` are per response token, as the engine sampled them."""
+        `sampling_logprobs` are per response token, as the engine sampled them. `supports`
+        are per pair: None, or per response token the ids the teacher may put mass on
+        (`distill.answer_space`; the teacher is restricted and renormalized there)."""
         if not pairs:
             raise ValueError("train_step needs at least one pair")
         if objective not in ("distill", "sft"):
@@ -275,6 +309,12 @@ class DistillTrainer:
         total_tokens = sum(lengths)
         if total_tokens == 0:
             raise ValueError("the pairs have no response tokens")
+        if supports is not None:
+            if len(supports) != len(pairs):
+                raise ValueError(f"{len(supports)} supports for {len(pairs)} pairs")
+            for i, (sup, n) in enumerate(zip(supports, lengths, strict=True)):
+                if sup is not None and len(sup) != n:
+                    raise ValueError(f"pair {i}: {len(sup)} supports for {n} tokens")
         if sampling_logprobs is not None:
             for i, (lp, n) in enumerate(zip(sampling_logprobs, lengths, strict=True)):
                 if len(lp) != n:
@@ -354,6 +394,9 @@ class DistillTrainer:
                     sampled_ids=sampled_ids,
                     sampling_logprobs=token_logprobs,
                     weights=token_weights,
+                    support=None if supports is None else support_mask(
+                        supports[start : start + mbs], lengths[start : start + mbs],
+                        self.lm_head.weight.shape[0], device),
                 )
             micro_loss = float(loss.detach())
             if not math.isfinite(micro_loss):
@@ -381,6 +424,10 @@ class DistillTrainer:
             clip_to = max_norm if max_norm is not None and max_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
             nonfinite = not math.isfinite(grad_norm)
+        lr_now = self.cfg.lr * lr_factor(self._step, self.cfg.lr_schedule, self.cfg.warmup_steps,
+                                         self.cfg.total_steps, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
         if nonfinite:
             log.warning(
                 "step %d: non-finite loss or gradient norm (loss_sum=%s, grad_norm=%s); "
@@ -407,7 +454,7 @@ class DistillTrainer:
             "tokens": total_tokens,
             "grad_norm": grad_norm,
             "skipped_nonfinite": int(nonfinite),
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "lr": lr_now,
             "time_teacher_s": t_teacher,
             "time_student_s": t_student,
             "time_optim_s": t_optim,
@@ -578,6 +625,24 @@ def lora_target_modules(model, spec: list[str] | str) -> list[str] | str:
     if names & head_names:  # a short name would also match the lm_head: let peft resolve it
         return spec
     return sorted(names)
+
+
+def support_mask(supports: Sequence[list[list[int]] | None], lengths: Sequence[int],
+                 vocab: int, device) -> torch.Tensor | None:
+    """``[N, V]`` bool: row k allows the ids listed for response token k (pairs in order,
+    tokens in order, as `gather_response_positions` stacks them); a pair with None allows
+    everything. None when no pair has a support."""
+    if all(s is None for s in supports):
+        return None
+    mask = torch.ones(sum(lengths), vocab, dtype=torch.bool)
+    row = 0
+    for sup, n in zip(supports, lengths, strict=True):
+        if sup is not None:
+            for k, allowed in enumerate(sup):
+                mask[row + k] = False
+                mask[row + k, list(allowed)] = True
+        row += n
+    return mask.to(device)
 
 
 def _per_token(weights: Sequence[float], lengths: Sequence[int], device) -> torch.Tensor:

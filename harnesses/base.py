@@ -39,6 +39,13 @@ def chat_step(name: str, doc: str, inputs: list[str], render: Render) -> type[ds
     return sig
 
 
+def answer_config(task: Any) -> dict[str, Any]:
+    """Request settings of a step whose completion is the task's answer: stop where the
+    answer ends (one-line label answers stop at the line end) instead of at max_tokens."""
+    stop = getattr(task, "stop", None)
+    return {"stop": list(stop)} if stop else {}
+
+
 def question_only(question: str) -> Any:
     """An Example carrying only the question (what prompts may depend on)."""
     return Example(id="", question=question, answer="")
@@ -59,7 +66,8 @@ class Bare(dspy.Module):
         self.task = task
         self.answer = dspy.Predict(chat_step(
             "BareAnswer", "Answer the task.", ["question"],
-            lambda inp: task.student_messages(question_only(inp["question"]))))
+            lambda inp: task.student_messages(question_only(inp["question"]))),
+            **answer_config(task))
 
     def forward(self, example: Any) -> dspy.Prediction:
         out = self.answer(question=example.question)

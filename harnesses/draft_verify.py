@@ -28,7 +28,7 @@ from typing import Any
 
 import dspy
 
-from harnesses.base import chat_step, question_only, task_prefill
+from harnesses.base import answer_config, chat_step, question_only, task_prefill
 from scaffold.precedents import weighted_vote
 from scaffold.trace import note_fallback
 
@@ -74,14 +74,16 @@ class DraftVerify(dspy.Module):
             return [{"role": "user", "content": user}, *prefill]
 
         self.prefix = prefix
+        answer = answer_config(task)  # every step answers with one label line
         self.bare = dspy.Predict(chat_step(
             "BareAnswer", "Answer with no precedents.", ["question"],
-            lambda inp: task.student_messages(question_only(inp["question"]))))
+            lambda inp: task.student_messages(question_only(inp["question"]))), **answer)
         self.draft = dspy.Predict(chat_step(
-            "Draft", "Draft a label from precedents.", ["precedents", "question"], render_draft))
+            "Draft", "Draft a label from precedents.", ["precedents", "question"], render_draft),
+            **answer)
         self.verify = dspy.Predict(chat_step(
             "Verify", "Keep or revise the draft.", ["draft", "candidates", "question"],
-            render_verify))
+            render_verify), **answer)
 
     def prepare(self, examples: list[Any]) -> None:
         """Embed all questions in one batch before the LM calls (the executor calls this)."""

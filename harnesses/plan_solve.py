@@ -16,7 +16,7 @@ from typing import Any
 
 import dspy
 
-from harnesses.base import chat_step, question_only
+from harnesses.base import answer_config, chat_step, question_only
 from scaffold.trace import note_fallback
 
 PLAN_INSTRUCTION = (
@@ -47,11 +47,12 @@ class PlanSolve(dspy.Module):
 
         self.plan = dspy.Predict(chat_step("Plan", "Plan without solving.",
                                            ["question", "reference"], render_plan))
+        answer = answer_config(task)  # the solve step writes the task's answer
         self.solve = dspy.Predict(chat_step("Solve", "Solve following the plan.",
-                                            ["question", "plan"], render_solve))
+                                            ["question", "plan"], render_solve), **answer)
         self.bare = dspy.Predict(chat_step(
             "BareAnswer", "Solve with no plan.", ["question"],
-            lambda inp: task.student_messages(question_only(inp["question"]))))
+            lambda inp: task.student_messages(question_only(inp["question"]))), **answer)
 
     def forward(self, example: Any) -> dspy.Prediction:
         ref = example.solution if self.reference_in_plan else None

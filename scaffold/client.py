@@ -112,8 +112,10 @@ class PolicyClient:
     def complete(self, prompt_ids: Sequence[int], *, model: str | None = None, n: int = 1,
                  max_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
                  seed: int | None = None, stop: list[str] | None = None,
+                 stop_token_ids: Sequence[int] | None = None,
                  logprobs: bool = True) -> list[Completion]:
-        """Sample from exact prompt token ids; returns the sampled ids and their logprobs."""
+        """Sample from exact prompt token ids; returns the sampled ids and their logprobs.
+        `stop_token_ids` (vLLM's extension) end a sample after that token, which is kept."""
         body: dict[str, Any] = {
             "model": model or self.model, "prompt": list(map(int, prompt_ids)), "n": n,
             "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
@@ -125,6 +127,8 @@ class PolicyClient:
             body["seed"] = seed
         if stop:
             body["stop"] = stop
+        if stop_token_ids:
+            body["stop_token_ids"] = list(map(int, stop_token_ids))
         data = self._post("/completions", body)
         out = []
         for ch in sorted(data["choices"], key=lambda c: c["index"]):

@@ -17,11 +17,13 @@ class ScriptedLM(dspy.BaseLM):
                          cache=False)
         self.respond = respond
         self.requests: list[list[dict]] = []
+        self.request_kwargs: list[dict] = []
         self._lock = threading.Lock()
 
     def forward(self, prompt=None, messages=None, **kwargs):
         with self._lock:
             self.requests.append(messages)
+            self.request_kwargs.append(kwargs)
         text = self.respond(messages)
         message = SimpleNamespace(content=text, role="assistant", tool_calls=None)
         choice = SimpleNamespace(message=message, finish_reason="stop", index=0, logprobs=None)

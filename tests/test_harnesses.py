@@ -230,3 +230,15 @@ def test_draft_prompt_task_puts_precedents_inside_the_bare_prompt(task, bank):
             assert not user.startswith(head)
     with pytest.raises(ValueError, match="draft_prompt"):
         DraftVerify(task, bank, draft_prompt="long")
+
+
+def test_label_answers_stop_at_the_line_end(task, bank):
+    """Every step that writes a label asks the engine to stop at the line end (the parser
+    reads the first line only); math steps do not."""
+    program = build_harness("draft_verify", task, index=bank, verify="always")
+    _, trace, lm = run(program, ex("has my card arrived"), lambda m: " card_arrival")
+    assert [k.get("stop") for k in lm.request_kwargs] == [["\n"], ["\n"]]
+    _, _, lm = run(build_harness("none", task), ex("has my card arrived"),
+                   lambda m: " card_arrival")
+    assert lm.request_kwargs[0].get("stop") == ["\n"]
+    assert get_task("gsm8k").stop is None

@@ -49,3 +49,20 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     assert "alt_label_rate" in rows[("run", "none")]
     assert (tmp_path / "compare" / "curves.png").exists() and (tmp_path / "r.md").exists()
     gc.collect()  # the trainers' weights and activations: give the memory back to the suite
+
+
+@pytest.mark.parametrize("method", ["opsd", "gold_sft"])
+def test_methods_without_a_harness_step_on_the_real_stack(vllm_server, tmp_path, method):
+    """opsd and gold_sft never run the harness: --program draft_verify must not need a bank.
+    opsd's label rollouts stop at the line end and its teacher is held to the answer space."""
+    out = tmp_path / method
+    main(parse_args(["--program", "draft_verify", "--method", method, "--batch-size", "3",
+                     "--steps", "1", "--eval-limit", "0", "--max-new-tokens", "12",
+                     "--api-base", vllm_server.base_url, "--out", str(out)]))
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["tokens"] > 0 and row["loss"] == row["loss"] and row["harness_s"] == 0.0
+    if method == "opsd":
+        assert row["rollouts"] == 3 and "off_answer_space" in row
+    else:
+        assert row["sft_targets"] == 3
+    gc.collect()

@@ -82,3 +82,29 @@ def test_merged_weights_reload_matches_the_trainer(vllm_server, smollm2_path, tm
         vllm_server.reload_weights(smollm2_path)
     after = client.complete(prompt, max_tokens=8, temperature=0.0)[0]
     assert after.token_ids == before.token_ids
+
+
+def test_line_end_stops_keep_the_exact_ids_of_the_first_line(vllm_server, smollm2_path):
+    """Seeded samples that stop at the first line end (stop_token_ids, as distill rollouts
+    ask) are the first line of the same samples run to max_tokens; a "\\n" stop string (as
+    label harness steps ask) ends the text before the newline but keeps its token id."""
+    from transformers import AutoTokenizer
+
+    from distill.loop import first_line, line_end_ids
+
+    client = PolicyClient(vllm_server.base_url, vllm_server.model_name)
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    prompt = render_ids(tok, [{"role": "user", "content": "Write two short lines of a poem."}])
+    ends = line_end_ids(tok)
+    stopped_somewhere = False
+    for seed in range(4):
+        full = client.complete(prompt, max_tokens=40, temperature=1.0, seed=seed)[0]
+        cut = client.complete(prompt, max_tokens=40, temperature=1.0, seed=seed,
+                              stop_token_ids=ends)[0]
+        assert cut.token_ids == first_line(tok, full.token_ids)
+        stopped_somewhere |= len(cut.token_ids) < len(full.token_ids)
+        by_text = client.complete(prompt, max_tokens=40, temperature=1.0, seed=seed,
+                                  stop=["\n"])[0]
+        assert "\n" not in by_text.text
+        assert by_text.token_ids == cut.token_ids or "\n" not in tok.decode(full.token_ids)
+    assert stopped_somewhere

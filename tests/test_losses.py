@@ -407,3 +407,68 @@ def test_chunked_never_materializes_all_positions_by_vocab():
     largest_full, saved_full = _memory_probe(chunk=None)  # the probe does see [N, V] tensors
     assert largest_full >= n_v
     assert (16, v) in saved_full
+
+
+# ---------------------------------------------------------------- answer support
+
+
+def _support(seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(N, V, generator=g) < 0.4
+    mask[:, 0] = True  # every position allows something
+    return mask
+
+
+def test_forward_kl_under_a_support_is_cross_entropy_to_the_renormalized_teacher(logits):
+    """KL(P' || S), P' = the teacher renormalized on the support, by an explicit loop."""
+    student, teacher = logits
+    support = _support()
+    got = per_token_divergence(student, teacher, LossConfig(kind="forward_kl"), support=support)
+    s = student.log_softmax(-1)
+    for i in range(N):
+        allowed = support[i].nonzero().flatten().tolist()
+        z = sum(math.exp(teacher[i, v]) for v in allowed)
+        expected = sum(math.exp(teacher[i, v]) / z * (teacher[i, v] - math.log(z) - s[i, v])
+                       for v in allowed)
+        assert float(got[i]) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_reverse_kl_under_a_support_renormalizes_both_sides(logits):
+    student, teacher = logits
+    support = _support()
+    got = per_token_divergence(student, teacher, LossConfig(kind="reverse_kl", temperature=0.7),
+                               support=support)
+    for i in range(N):
+        allowed = support[i].nonzero().flatten()
+        ref = explicit_kl(student[i, allowed][None] / 0.7, teacher[i, allowed][None] / 0.7)
+        assert float(got[i]) == pytest.approx(float(ref[0]), rel=1e-9)
+
+
+def test_a_full_support_changes_nothing_and_gradients_stay_finite(logits):
+    student, teacher = logits
+    full = torch.ones(N, V, dtype=torch.bool)
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        cfg = LossConfig(kind=kind)
+        torch.testing.assert_close(per_token_divergence(student, teacher, cfg, support=full),
+                                   per_token_divergence(student, teacher, cfg))
+        s = student.clone().requires_grad_()
+        per_token_divergence(s, teacher, cfg, support=_support()).sum().backward()
+        assert torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="no answer support"):
+        per_token_divergence(student, teacher, LossConfig(kind="sampled_token"),
+                             sampled_ids=torch.zeros(N, dtype=torch.long), support=full)
+    with pytest.raises(ValueError, match="at least one allowed"):
+        per_token_divergence(student, teacher, LossConfig(kind="forward_kl"),
+                             support=torch.zeros(N, V, dtype=torch.bool))
+
+
+def test_chunked_loss_slices_the_support_with_the_positions():
+    s_h, t_h, w, bias, ids, sampling, weights = _hidden()
+    support = torch.rand(s_h.shape[0], w.shape[0], generator=torch.Generator().manual_seed(1)) < .5
+    support[:, 0] = True
+    cfg = LossConfig(kind="forward_kl", chunk_size=3)
+    ref = (per_token_divergence(s_h @ w.T + bias, t_h @ w.T + bias, cfg, support=support)
+           * weights).sum()
+    loss, _ = chunked_distill_loss(s_h, t_h, w, cfg, bias, ids, sampling, weights,
+                                   support=support)
+    torch.testing.assert_close(loss, ref, atol=1e-10, rtol=1e-10)

@@ -149,3 +149,123 @@ def test_on_policy_fraction_is_seeded_and_harness_paths_use_the_exact_ids():
     final.completion_token_ids = None  # no recorded ids: never re-tokenized, skipped
     _add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0)
     assert out.counts["harness_paths_skipped"] == 1 and len(out.pairs) == 1
+
+
+class RecordingClient:
+    """A policy client that answers every prompt with " card_arrival\\n" and records requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def complete(self, prompt_ids, **kw):
+        self.requests.append({"prompt": list(prompt_ids), **kw})
+        ids = CharTokenizer().encode(" card_arrival\n")
+        return [SimpleNamespace(text=" card_arrival\n", token_ids=ids, logprobs=[-0.1] * len(ids))
+                for _ in range(kw.get("n", 1))]
+
+
+class SizedCharTokenizer(CharTokenizer):
+    def __len__(self) -> int:
+        return 140
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i - 10) for i in ids if i >= 10)
+
+
+def label_task_with_prompt() -> LabelTask:
+    task = LabelTask()
+    task.name = "toy"
+    task.parse = lambda text: text.strip().split("\n")[0] or None
+    task.student_messages = lambda ex: [{"role": "user", "content": ex.question},
+                                        {"role": "assistant", "content": "Label:"}]
+    return task
+
+
+def test_line_end_ids_are_the_tokens_first_line_stops_at():
+    from distill.loop import first_line, line_end_ids
+
+    tok = SizedCharTokenizer()
+    assert line_end_ids(tok) == [ord("\n") + 10]
+    ids = tok.encode(" a_b\nc")
+    assert first_line(tok, ids) == ids[: ids.index(line_end_ids(tok)[0]) + 1]
+
+
+def test_collect_samples_only_the_examples_it_trains_on_policy(monkeypatch):
+    """ophsd with a 1/4 on-policy share asks the server for rollouts of those examples only,
+    stopping label answers at the line end; the others train on the harness's own answer."""
+    import distill.loop as loop
+    from scaffold.executor import ExampleResult
+    from scaffold.trace import LMCall, Trace
+
+    tok, task = SizedCharTokenizer(), label_task_with_prompt()
+    examples = [Example(f"e{i}", f"question {i}", "card_arrival") for i in range(40)]
+
+    def fake_run_program(program, exs, **kw):
+        out = []
+        for ex in exs:
+            request = [{"role": "user", "content": f"precedents...\n{ex.question}"},
+                       {"role": "assistant", "content": "Label:"}]
+            call = LMCall("Draft", request, " card_arrival\nmore", 5, 5, 0.0, {}, "policy",
+                          completion_token_ids=tok.encode(" card_arrival\nmore"))
+            out.append(ExampleResult(ex, SimpleNamespace(completion=" card_arrival"),
+                                     Trace(ex.id, "draft_verify", calls=[call])))
+        return out
+
+    monkeypatch.setattr(loop, "run_program", fake_run_program)
+    cfg = RunConfig(method="ophsd", on_policy_fraction=0.25, seed=1, concurrency=4)
+    client = RecordingClient()
+    ctx = SimpleNamespace(cfg=cfg, task=task, tokenizer=tok, harness=None, client=client,
+                          policy_name="policy", max_new_tokens=24,
+                          policy_lm=lambda **kw: None)
+    out = loop.collect(ctx, 3, examples)
+    chosen = {i for i in range(40) if loop.on_policy_example(cfg, 3, i)}
+    assert 0 < len(chosen) < 40
+    assert len(client.requests) == len(chosen) == out.counts["rollouts"]
+    assert all(r["stop_token_ids"] == [ord("\n") + 10] for r in client.requests)
+    assert out.counts["harness_paths"] == 40 - len(chosen) and len(out.pairs) == 40
+    assert {r["seed"] for r in client.requests} == {loop.sample_seed(1, 3, i) for i in chosen}
+
+
+def test_collect_opsd_samples_every_example_and_math_has_no_line_stop():
+    import distill.loop as loop
+
+    tok, task = SizedCharTokenizer(), label_task_with_prompt()
+    task.kind = "math"
+    task.reference_text = lambda ex: "42"
+    examples = [Example(f"e{i}", f"q{i}", "42") for i in range(5)]
+    client = RecordingClient()
+    ctx = SimpleNamespace(cfg=RunConfig(method="opsd", concurrency=2), task=task, tokenizer=tok,
+                          client=client, policy_name="policy", max_new_tokens=64)
+    out = loop.collect(ctx, 0, examples)
+    assert len(client.requests) == 5 and all(r["stop_token_ids"] is None for r in client.requests)
+    assert len(out.pairs) == 5
+
+
+def test_answer_space_resolution():
+    from distill.config import resolve_answer_space
+
+    assert resolve_answer_space("auto", "forward_kl", has_answers=True)
+    assert not resolve_answer_space("auto", "reverse_kl", has_answers=False)  # math
+    assert not resolve_answer_space("auto", "sampled_token", has_answers=True)
+    assert not resolve_answer_space("off", "forward_kl", has_answers=True)
+    with pytest.raises(ValueError, match="closed answer set"):
+        resolve_answer_space("on", "reverse_kl", has_answers=False)
+    with pytest.raises(ValueError, match="sampled_token"):
+        resolve_answer_space("on", "sampled_token", has_answers=True)
+    with pytest.raises(ValueError, match="auto, on or off"):
+        resolve_answer_space("yes", "forward_kl", has_answers=True)
+
+
+def test_step_inputs_cut_a_response_that_leaves_the_answer_space():
+    from distill.answer_space import AnswerSpace
+
+    space = AnswerSpace([[5, 6], [5, 7], [8]], end_ids=[2])
+    out = StepInputs()
+    assert out.add([1], [1, 9], [5, 6, 2], max_len=64, logprobs=[-1.0, -2.0, -3.0], space=space)
+    assert out.supports[-1] == [[5, 8], [6, 7], [2]] and out.counts["off_answer_space"] == 0
+    assert out.add([1], [1, 9], [5, 4, 4, 2], max_len=64, logprobs=[-1.0] * 4, space=space)
+    assert out.pairs[-1].response_ids == [5, 4] and out.sampling_logprobs[-1] == [-1.0, -1.0]
+    assert out.supports[-1] == [[5, 8], [6, 7]]
+    assert out.counts["off_answer_space"] == 1 and out.counts["answer_space_cut_tokens"] == 2
+    out.add([1], [1, 9], [3], max_len=64)  # no space: no support
+    assert out.supports[-1] is None

@@ -302,3 +302,35 @@ def test_smollm2_one_step_auto_dtype(tmp_path):
     trainer.save_adapter(tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == LINEAR_PROJECTIONS
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "step", "expected"),
+    [
+        ("constant", 0, 7, 1.0),
+        ("constant", 4, 0, 0.25),  # linear warm-up: (step + 1) / warmup
+        ("constant", 4, 3, 1.0),
+        ("cosine", 0, 0, 1.0),
+        ("cosine", 0, 5, 0.5),  # half way: (1 + cos(pi / 2)) / 2
+        ("cosine", 0, 10, 0.0),
+        ("cosine", 2, 6, 0.5),  # decay spans steps 2..10
+        ("linear", 0, 5, 0.5),
+        ("linear", 0, 20, 0.0),  # past the end: stays at the floor
+    ],
+)
+def test_lr_factor_closed_forms(schedule, warmup, step, expected):
+    from distill.trainer import lr_factor
+
+    assert lr_factor(step, schedule, warmup, 10) == pytest.approx(expected, abs=1e-12)
+    assert lr_factor(10, "cosine", 0, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_trainer_applies_the_schedule_per_step_and_rejects_unknown_ones(tiny_model_dir):
+    trainer = make_trainer(tiny_model_dir, teacher="frozen", lr=1e-2, lr_schedule="linear",
+                           total_steps=4)
+    lrs = [trainer.train_step(make_pairs())["lr"] for _ in range(4)]
+    assert lrs == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        make_trainer(tiny_model_dir, lr_schedule="step")
+    with pytest.raises(ValueError, match="total_steps"):
+        make_trainer(tiny_model_dir, lr_schedule="cosine")

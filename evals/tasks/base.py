@@ -175,6 +175,18 @@ class Task:
     def grade(self, completion: str, ex: Example) -> float:
         raise NotImplementedError
 
+    @property
+    def stop(self) -> list[str] | None:
+        """Where an answer ends, for the engine to stop sampling ("\n" for one-line label
+        answers, which are read from their first line); None: let it run to max_tokens."""
+        return None
+
+    def answer_texts(self) -> list[str] | None:
+        """Every complete answer, as the text that follows the prefill, for tasks whose
+        answers form a closed set (one label); None for open answers (math, label sets).
+        Distillation can restrict the teacher to these (see distill.answer_space)."""
+        return None
+
     def label_of(self, ex: Example) -> str | None:
         return ex.answer if self.kind in ("classification", "multilabel") else None
 

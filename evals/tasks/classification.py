@@ -92,6 +92,15 @@ class ClassificationTask(Task):
         )
         return self._with_prefill(user)
 
+    @property
+    def stop(self) -> list[str]:
+        return ["\n"]  # the answer is the first line; what follows is never read
+
+    def answer_texts(self) -> list[str]:
+        """" card_arrival" after the "Label:" prefill: the form the precedents show and the
+        gold targets use."""
+        return [f" {label}" for label in self.labels]
+
     def parse(self, completion: str) -> str | None:
         line = _PREFIX_ECHO.sub("", first_line(completion))
         return match_label(line, self.labels_by_key)
