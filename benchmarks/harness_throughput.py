@@ -9,7 +9,8 @@
 2. Sends exactly those requests (same messages, max_tokens, greedy) straight
    to the server's chat endpoint with the same concurrency (httpx threads).
 Prints tokens/s (prompt + completion, and completion only) of both and the
-ratio harness/raw (goal >= 0.9). The raw side has no step dependencies, so it
+ratio harness/raw (goal >= 0.9). The prefix cache is reset before each side, so the
+raw replay does not find the harness's prompts already computed. The raw side has no step dependencies, so it
 is an upper bound for a multi-step harness.
 """
 
@@ -33,17 +34,23 @@ from harnesses import build_harness, needs_index
 from scaffold.chat import template_kwargs
 from scaffold.client import PolicyClient
 from scaffold.executor import run_program
-from scaffold.server import policy_endpoint
+from scaffold.server import policy_endpoint, reset_prefix_cache
+
+
+def program_stop(program) -> list[str] | None:
+    """The stop strings the harness's steps send (label tasks stop at the line end)."""
+    stops = {tuple(p.config.get("stop") or ()) for _, p in program.named_predictors()}
+    return list(stops.pop()) if len(stops) == 1 and () not in stops else None
 
 
 def raw_requests(base_url: str, model: str, requests: list[list[dict]], max_tokens: int,
-                 concurrency: int) -> tuple[float, int, int]:
+                 concurrency: int, stop: list[str] | None = None) -> tuple[float, int, int]:
     http = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=concurrency))
 
     def send(messages: list[dict]) -> tuple[int, int]:
         r = http.post(f"{base_url}/chat/completions", json={
             "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0,
-            **template_kwargs(messages)})
+            **({"stop": stop} if stop else {}), **template_kwargs(messages)})
         r.raise_for_status()
         u = r.json()["usage"]
         return u["prompt_tokens"], u["completion_tokens"]
@@ -77,15 +84,19 @@ def main() -> None:
         client = PolicyClient(server.base_url, server.model_name)
         lm = client.dspy_lm(temperature=0.0, max_tokens=max_tokens)
         run_program(program, items[:4], lm=lm, concurrency=4, progress=False)  # warm-up
+        # Neither side may reuse the other's (or the warm-up's) prompt keys/values: the raw
+        # replay of the same prompts would otherwise be mostly prefix-cache hits.
+        reset_prefix_cache(server.base_url)
         t0 = time.perf_counter()
         results = run_program(program, items, lm=lm, concurrency=args.concurrency)
         h_wall = time.perf_counter() - t0
         calls = [c for r in results for c in r.trace.calls]
         h_prompt = sum(c.prompt_tokens or 0 for c in calls)
         h_comp = sum(c.completion_tokens or 0 for c in calls)
+        reset_prefix_cache(server.base_url)
         r_wall, r_prompt, r_comp = raw_requests(server.base_url, server.model_name,
                                                 [c.messages for c in calls], max_tokens,
-                                                args.concurrency)
+                                                args.concurrency, program_stop(program))
     rows = {
         "harness executor": (h_wall, h_prompt, h_comp),
         "raw requests": (r_wall, r_prompt, r_comp),

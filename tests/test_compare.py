@@ -112,7 +112,13 @@ def test_markdown_table_report_and_plots(tmp_path):
     report = tmp_path / "docs" / "results.md"
     write_report(report, "python -m evals.compare --x", [("Table", table)])
     text = report.read_text()
-    assert "python -m evals.compare --x" in text and "## Table" in text
+    assert "python -m evals.compare --x" in text and "### Table" in text
+    write_report(report, "python -m evals.compare --task gsm8k", [("Math", "m")], key="gsm8k")
+    write_report(report, "python -m evals.compare --y", [("Table", "t2")])  # same key: replaced
+    text = report.read_text()
+    assert "--x" not in text and "--y" in text and "--task gsm8k" in text
+    assert text.count("<!-- begin results -->") == 1 and text.index("results") < text.index(
+        "begin gsm8k")
     bars = comparison_bars(rows, tmp_path / "bars.png", "t")
     run = make_run(tmp_path / "r", 0, [1.0, 0.5, 0.4])
     curves = training_curves({"r": run}, tmp_path / "curves.png", "t")
