@@ -253,32 +253,53 @@ def main(argv: list[str] | None = None) -> dict:
             for s in subjects if s.run_dir}
     curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
     command = "python -m evals.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-    record = {"command": command, "items": len(items), "rows": rows, "seed_summary": summary,
+    record = {"command": command, "task": task.name, "title": title, "items": len(items),
+              "rows": rows, "seed_summary": summary,
               "plots": [str(bars)] + ([str(curves)] if curves else [])}
     (out / "compare.json").write_text(json.dumps(record, indent=2, default=str))
     print(markdown_table(rows))
     if args.report:
-        report = Path(args.report)
-        figures = report.parent / "figures"  # beside the report: run folders are not committed
-        figures.mkdir(parents=True, exist_ok=True)
-        stem = task.name.replace("/", "_")
-        shutil.copyfile(bars, figures / f"{stem}-compare.png")
-        plots = f"![comparison](figures/{stem}-compare.png)"
-        if curves:
-            shutil.copyfile(curves, figures / f"{stem}-curves.png")
-            plots += f"\n\n![training](figures/{stem}-curves.png)"
-        sections = [(title, markdown_table(rows)), ("Plots", plots)]
-        if summary:
-            sections.append(("Seeds", "\n".join(
-                f"- {s['model']} / {s['program']}: {s['mean']:.3f} ± {s['std']:.3f} over "
-                f"{s['runs']} runs" for s in summary)))
-        if args.notes:
-            sections.append(("Findings", Path(args.notes).read_text().strip()))
-        write_report(report, command, sections, key=task.name)
-        print(f"wrote {report}")
+        render_report(record, Path(args.report), args.notes)
     print(f"wrote {out / 'compare.json'}, {bars}" + (f", {curves}" if curves else ""))
     return record
 
 
+def render_report(record: dict, report: Path, notes: str | None = None) -> None:
+    """Write the task's section of `report` from a compare record (compare.json): the table,
+    the plots (copied beside the report: run folders are not committed), the seed summary
+    and the findings in `notes`."""
+    figures = report.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    stem = record["task"].replace("/", "_")
+    links = []
+    for png, kind, alt in zip(record["plots"], ("compare", "curves"), ("comparison", "training"),
+                              strict=False):
+        shutil.copyfile(png, figures / f"{stem}-{kind}.png")
+        links.append(f"![{alt}](figures/{stem}-{kind}.png)")
+    sections = [(record["title"], markdown_table(record["rows"])), ("Plots", "\n\n".join(links))]
+    if record["seed_summary"]:
+        sections.append(("Seeds", "\n".join(
+            f"- {s['model']} / {s['program']}: {s['mean']:.3f} ± {s['std']:.3f} over "
+            f"{s['runs']} runs" for s in record["seed_summary"])))
+    if notes:
+        sections.append(("Findings", Path(notes).read_text().strip()))
+    write_report(report, record["command"], sections, key=record["task"])
+    print(f"wrote {report}")
+
+
+def rerender(argv: list[str] | None = None) -> None:
+    """`python -m evals.compare --rerender RUNS/compare-X/compare.json --report R [--notes N]`:
+    rewrite a report section from saved results (after editing the findings), serving nothing."""
+    p = argparse.ArgumentParser(prog="python -m evals.compare --rerender")
+    p.add_argument("--rerender", required=True, help="a compare.json written by evals.compare")
+    p.add_argument("--report", required=True)
+    p.add_argument("--notes", default=None)
+    args = p.parse_args(argv)
+    render_report(json.loads(Path(args.rerender).read_text()), Path(args.report), args.notes)
+
+
 if __name__ == "__main__":
-    main()
+    if "--rerender" in sys.argv:
+        rerender()
+    else:
+        main()

@@ -24,10 +24,9 @@ from tenacity import (
 )
 
 from scaffold.chat import Messages, template_kwargs
+from scaffold.errors import PolicyServerUnreachable
 
-
-class PolicyUnavailable(ConnectionError):
-    """The policy server could not be reached (after retries)."""
+PolicyUnavailable = PolicyServerUnreachable  # the name this module used first
 
 
 @dataclass
@@ -93,7 +92,7 @@ class PolicyClient:
         try:
             return send()
         except httpx.TransportError as e:
-            raise PolicyUnavailable(
+            raise PolicyServerUnreachable(
                 f"policy server at {self.base_url} unreachable after {self.max_attempts} "
                 f"attempts ({type(e).__name__}: {e}). Is it running? (--api-base, or let "
                 "Scaffold start one)"

@@ -45,6 +45,7 @@ from dspy.dsp.utils.settings import settings as dspy_settings
 from dspy.utils.exceptions import LMError
 
 from scaffold.chat import ends_with_prefill, template_kwargs
+from scaffold.errors import PolicyServerUnreachable
 
 # Request keys that are connection settings or transport switches, not sampling.
 _NON_SAMPLING_KEYS = frozenset(
@@ -55,10 +56,6 @@ _NON_SAMPLING_KEYS = frozenset(
 )
 # extra_body switches that change the transport/rendering, not the sampling.
 _TRANSPORT_BODY_KEYS = frozenset({"add_generation_prompt", "continue_final_message", "return_token_ids"})
-
-
-class PolicyServerUnreachable(ConnectionError):
-    """The policy server could not be reached (connection refused/reset, timeout) after retries."""
 
 
 @dataclass

@@ -2,8 +2,8 @@
 # The BANKING77 section of docs/results.md, regenerated end to end (about 2.5 h on a 2-core
 # CPU; every run resumes where it stopped, so rerun the script after an interruption):
 #   bash scripts/banking77_report.sh
-# 1. the full OPHSD run (configs/banking77_full.yaml: 76 steps x 32 examples, < 60 min);
-# 2. SFT on the gold labels for the same 76 steps (the sceptic's baseline, same examples);
+# 1. the full OPHSD run (configs/banking77_full.yaml: 96 steps x 32 examples, < 60 min);
+# 2. SFT on the gold labels for the same 96 steps (the sceptic's baseline, same examples);
 # 3. every method at 16 steps x 32 examples (512 examples, same lr schedule): OPHSD, OPSD
 #    (the teacher sees the gold label), SSOPD (groups of 4 rollouts, no reference), SFT on the
 #    harness's correct answers, SFT on the gold labels; OPHSD with 3 seeds;
@@ -17,13 +17,13 @@ FULL=(--config configs/banking77_full.yaml)
 SHORT=(--config configs/banking77_full.yaml --steps 16 --eval-limit 0)
 
 $PY -m distill.run "${FULL[@]}"
-$PY -m distill.run "${FULL[@]}" --method gold_sft --eval-limit 0 --out runs/b77-gold_sft-76
+$PY -m distill.run "${FULL[@]}" --method gold_sft --eval-limit 0 --out runs/b77-gold_sft-96
 $PY -m distill.run "${SHORT[@]}" --seeds 3 --out runs/b77-ophsd-16
 $PY -m distill.run "${SHORT[@]}" --method opsd --out runs/b77-opsd-16
 $PY -m distill.run "${SHORT[@]}" --method ssopd --rollouts 4 --out runs/b77-ssopd-16
 $PY -m distill.run "${SHORT[@]}" --method sft --out runs/b77-sft-16
 $PY -m distill.run "${SHORT[@]}" --method gold_sft --out runs/b77-gold_sft-16
 $PY -m evals.compare --task banking77 --program draft_verify --limit 300 \
-    --runs runs/banking77-ophsd runs/b77-gold_sft-76 runs/b77-ophsd-16/seed* \
+    --runs runs/banking77-ophsd runs/b77-gold_sft-96 runs/b77-ophsd-16/seed* \
            runs/b77-opsd-16 runs/b77-ssopd-16 runs/b77-sft-16 runs/b77-gold_sft-16 \
     --out runs/compare-banking77 --report docs/results.md --notes docs/notes/banking77.md

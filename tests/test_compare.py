@@ -124,3 +124,23 @@ def test_markdown_table_report_and_plots(tmp_path):
     curves = training_curves({"r": run}, tmp_path / "curves.png", "t")
     for png in (bars, curves):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_rerender_rewrites_the_section_from_saved_results(tmp_path):
+    from evals.compare import rerender
+
+    bars = comparison_bars([row("base", "none", 0.04)], tmp_path / "bars.png", "t")
+    record = {"command": "python -m evals.compare --task toy", "task": "toy", "title": "toy: 10",
+              "items": 10, "rows": [row("base", "none", 0.04)],
+              "seed_summary": [{"model": "r", "program": "none", "runs": 3, "mean": 0.5,
+                                "std": 0.01}], "plots": [str(bars)]}
+    saved = tmp_path / "compare.json"
+    saved.write_text(json.dumps(record))
+    notes = tmp_path / "notes.md"
+    notes.write_text("Distillation wins here.")
+    report = tmp_path / "docs" / "results.md"
+    rerender(["--rerender", str(saved), "--report", str(report), "--notes", str(notes)])
+    text = report.read_text()
+    assert "--task toy" in text and "### Findings" in text and "Distillation wins" in text
+    assert "0.500 ± 0.010 over 3 runs" in text
+    assert (tmp_path / "docs" / "figures" / "toy-compare.png").exists()
