@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     max_tokens = args.max_tokens or MAX_TOKENS[task.kind]
 
     results = []
-    with policy_endpoint(args.model, args.api_base, log_path=str(out / "vllm.log")) as server:
+    with policy_endpoint(args.model, args.api_base, log_path=str(out / "vllm.log"),
+                         enable_lora=bool(args.adapter)) as server:
         client = PolicyClient(server.base_url, server.model_name)
         model_name = server.model_name
         if args.adapter:

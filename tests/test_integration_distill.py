@@ -60,7 +60,8 @@ def test_methods_without_a_harness_step_on_the_real_stack(vllm_server, tmp_path,
                      "--steps", "1", "--eval-limit", "0", "--max-new-tokens", "12",
                      "--api-base", vllm_server.base_url, "--out", str(out)]))
     row = json.loads((out / "metrics.jsonl").read_text())
-    assert row["tokens"] > 0 and row["loss"] == row["loss"] and row["harness_s"] == 0.0
+    assert row["tokens"] > 0 and row["loss"] == row["loss"]
+    assert row["harness_s"] < 0.05  # the harness never ran: only the timer's own overhead
     if method == "opsd":
         assert row["rollouts"] == 3 and "off_answer_space" in row
     else:
