@@ -42,7 +42,7 @@ from distill.trainer import DistillTrainer, TrainerConfig
 from evals.bank import task_bank
 from evals.metrics import held_out
 from evals.run import results_table
-from evals.runner import MAX_TOKENS, evaluate
+from evals.runner import MAX_TOKENS, EvalResult, evaluate
 from evals.tasks import get_task
 from harnesses import build_harness, needs_index
 from scaffold.client import PolicyClient
@@ -170,11 +170,36 @@ def final_eval(run: Run, run_dir: RunDir) -> list[Any]:
         results[label] = res
         write_jsonl(res.traces, run_dir.path / f"eval-traces-{label}.jsonl")
     results = [results["base"], results["trained"]]
+    print_eval(results, f"{task.name}: no harness, {len(items)} held-out items")
+    record = {"eval_limit": cfg.eval_limit, "eval_seed": cfg.eval_seed,
+              "rows": [r.row() for r in results]}
+    (run_dir.path / "eval.json").write_text(json.dumps(record, indent=2))
+    return results
+
+
+def print_eval(results: list[EvalResult], title: str) -> None:
     from rich.console import Console
 
-    Console(width=160).print(results_table(results, f"{task.name}: no harness, {len(items)} held-out items"))
-    (run_dir.path / "eval.json").write_text(json.dumps([r.row() for r in results], indent=2))
-    return results
+    Console(width=160).print(results_table(results, title))
+
+
+def completed(run_dir: RunDir, cfg: RunConfig) -> list[EvalResult] | None:
+    """A finished run rerun with the same command: its saved evaluation (an empty list when
+    --eval-limit is 0), so nothing is trained or evaluated twice; None if work remains."""
+    last = run_dir.latest_checkpoint()
+    if not last or last.get("loop_step") != cfg.steps or \
+            not (run_dir.path / "final_adapter" / "adapter_config.json").exists():
+        return None
+    if cfg.eval_limit <= 0:
+        return []
+    try:
+        record = json.loads((run_dir.path / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or (record.get("eval_limit"), record.get("eval_seed")) != \
+            (cfg.eval_limit, cfg.eval_seed):
+        return None  # evaluated on other items (or by an older version): evaluate again
+    return [EvalResult(**row) for row in record["rows"]]
 
 
 def main(cfg: RunConfig) -> dict:
@@ -185,12 +210,18 @@ def main(cfg: RunConfig) -> dict:
     model_path = resolve(cfg.model)
     task = get_task(cfg.task, data_root=cfg.data_root)
     train_set = task.load("train")
+    run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
+    done = completed(run_dir, cfg)
+    if done is not None:
+        print(f"{run_dir.path} already finished its {cfg.steps} steps; nothing to redo.")
+        if done:
+            print_eval(done, f"{task.name}: no harness, {done[0].n} held-out items (eval.json)")
+        return {"run_dir": str(run_dir.path), "eval": [r.row() for r in done]}
     harness = None  # only ophsd (teacher contexts) and sft (targets) run the harness
     if cfg.method in HARNESS_METHODS:
         index = task_bank(task, limit=cfg.bank_size, seed=cfg.seed) \
             if needs_index(cfg.program) else None
         harness = build_harness(cfg.program, task, index=index, **cfg.harness)
-    run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     answers = task.answer_texts()
     space = AnswerSpace.from_texts(tokenizer, answers) if resolve_answer_space(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -214,3 +215,28 @@ def test_reserved_extra_keys_are_refused(tiny_model_dir, tmp_path):
     run = RunDir(tmp_path, {"a": 1})
     with pytest.raises(ValueError, match="reserved"):
         run.save_checkpoint(1, make_trainer(tiny_model_dir), {"step": 5})
+
+
+def test_a_finished_run_rerun_returns_its_saved_evaluation(tiny_model_dir, tmp_path):
+    from distill.config import RunConfig
+    from distill.run import completed
+
+    cfg = RunConfig(steps=2, eval_limit=4, eval_seed=0, out=str(tmp_path))
+    trainer = make_trainer(tiny_model_dir)
+    run = RunDir(tmp_path, {"a": 1})
+    run.save_checkpoint(1, trainer, {"loop_step": 1})
+    assert completed(run, cfg) is None  # steps remain
+    run.save_checkpoint(2, trainer, {"loop_step": 2})
+    assert completed(run, cfg) is None  # no final adapter yet (killed before the save)
+    trainer.save_adapter(tmp_path / "final_adapter")
+    assert completed(run, cfg) is None  # trained but never evaluated
+    row = {"task": "t", "program": "none", "model": "trained", "n": 4, "score": 0.5,
+           "ci_low": 0.0, "ci_high": 1.0, "parse_failures": 0, "failed": 0, "fallbacks": 0,
+           "calls_per_example": 1.0, "tokens_per_example": 9.0,
+           "answer_tokens_per_example": 2.0, "wall_s": 1.0}
+    (tmp_path / "eval.json").write_text(json.dumps({"eval_limit": 4, "eval_seed": 0,
+                                                    "rows": [row]}))
+    assert [r.score for r in completed(run, cfg)] == [0.5]
+    assert completed(run, replace(cfg, eval_limit=8)) is None  # other items: evaluate again
+    assert completed(run, replace(cfg, eval_limit=0)) == []  # done, nothing to evaluate
+    assert completed(run, replace(cfg, steps=3)) is None  # extended: train on

@@ -35,6 +35,10 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     assert (out / "policy_weights" / "model.safetensors").exists()
     # final_eval served base again after trained: the base row matches the first run's
     assert third["eval"][0]["score"] == first["eval"][0]["score"]
+    # the same command once more: the run is finished, its saved table comes back, nothing reruns
+    again = main(parse_args([*argv, "--steps", "3", "--sync", "merged"]))
+    assert again["eval"] == third["eval"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
     from evals.compare import main as compare
 
