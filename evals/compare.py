@@ -132,6 +132,12 @@ def seed_summary(rows: list[dict]) -> list[dict]:
             for (m, p), v in groups.items() if len(v) > 1]
 
 
+def row_label(row: dict, rows: list[dict]) -> str:
+    """The row's model label, with its seed where runs of several seeds share the label."""
+    seeds = {r.get("seed") for r in rows if r["model"] == row["model"]}
+    return f"{row['model']} seed {row['seed']}" if len(seeds) > 1 else row["model"]
+
+
 def markdown_table(rows: list[dict]) -> str:
     diag = [k for k in ("alt_label_rate", "cites_case_rate", "plans_first_rate")
             if any(k in r for r in rows)]
@@ -140,7 +146,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         c = r.get("compute") or {}
-        cells = [r["model"], r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+        cells = [row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
                  str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                  f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}",
                  *[f"{r[k]:.2f}" if k in r else "" for k in diag],
@@ -155,7 +161,7 @@ def rich_table(rows: list[dict], title: str) -> Table:
     for col in ("model", "program", "score [95% CI]", "n", "answer tok", "calls/ex", "wall s"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["model"], r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+        table.add_row(row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
                       str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                       f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}")
     return table

@@ -52,17 +52,22 @@ def training_curves(runs: dict[str, Path], path: Path, title: str) -> Path:
     """Loss, the student's on-policy accuracy (its own rollouts, graded) and the harness's
     accuracy on the training batches, per step, one line per run."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for label, run_dir in runs.items():
+    for i, (label, run_dir) in enumerate(runs.items()):
         rows = read_metrics(run_dir)
+        color = f"C{i % 10}"  # one colour per run in every panel, even where a panel skips it
         if not rows:
             continue
         steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r.get("loss", float("nan")) for r in rows], label=label)
+        axes[0].plot(steps, [r.get("loss", float("nan")) for r in rows], label=label,
+                     color=color)
         axes[1].plot(steps, _smooth([r["student_correct"] / r["rollouts"] if r.get("rollouts")
-                                     else float("nan") for r in rows]), label=label)
-        axes[2].plot(steps, _smooth([r["harness_correct"] / r["examples"]
-                                     if r.get("examples") and "harness_correct" in r
-                                     else float("nan") for r in rows]), label=label)
+                                     else float("nan") for r in rows]), label=label,
+                     color=color)
+        if any(r.get("harness_correct") for r in rows):  # methods that never run the harness
+            axes[2].plot(steps, _smooth([r["harness_correct"] / r["examples"]
+                                         if r.get("examples") and "harness_correct" in r
+                                         else float("nan") for r in rows]), label=label,
+                         color=color)
     for ax, name in zip(axes, ("loss (per response token)", "student rollouts correct",
                                "harness correct (train batches)"), strict=True):
         ax.set_xlabel("step")

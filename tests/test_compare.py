@@ -13,6 +13,7 @@ from evals.compare import (
     knn_baseline,
     load_subject,
     markdown_table,
+    row_label,
     run_compute,
     seed_summary,
     write_report,
@@ -78,6 +79,9 @@ def test_run_subjects_compute_and_seed_summary(tmp_path):
     (summary,) = seed_summary(rows)
     assert summary["runs"] == 2 and summary["mean"] == pytest.approx(0.6)
     assert summary["std"] == pytest.approx(0.1414, abs=1e-3)
+    rows[0]["seed"], rows[1]["seed"] = 0, 1
+    assert [row_label(r, rows) for r in rows] == ["ophsd seed 0", "ophsd seed 1", "base"]
+    assert "| ophsd seed 1 | none |" in markdown_table(rows)
     ckpt = b / "checkpoints" / "step_000002" / "adapter"
     ckpt.mkdir(parents=True)
     (ckpt / "adapter_config.json").write_text("{}")
