@@ -159,6 +159,13 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     if cfg.on_policy_fraction < 1.0 and resolve_loss(cfg.loss, "classification") == "sampled_token":
         p.error("sampled_token needs the sampling logprobs of every response: use "
                 "--on-policy-fraction 1")
+    if cfg.method in ("ophsd", "sft") and cfg.harness.get("reference_in_plan") and \
+            (cfg.method == "sft" or cfg.on_policy_fraction < 1.0):
+        # The harness's own answers were written after reading the reference: training the
+        # bare prompt on them teaches the answer without the work (GSM8K, Qwen: 0.28 -> 0.00,
+        # every answer "The answer is N.").
+        p.error("a harness that sees the reference (reference_in_plan) may only score the "
+                "student's own rollouts: use --method ophsd --on-policy-fraction 1")
     if cfg.method == "ssopd" and cfg.rollouts < 2:
         p.error("--method ssopd compares a group of rollouts: set --rollouts >= 2 (e.g. 4)")
     return cfg

@@ -269,3 +269,17 @@ def test_step_inputs_cut_a_response_that_leaves_the_answer_space():
     assert out.counts["off_answer_space"] == 1 and out.counts["answer_space_cut_tokens"] == 2
     out.add([1], [1, 9], [3], max_len=64)  # no space: no support
     assert out.supports[-1] is None
+
+
+def test_a_teacher_that_reads_the_reference_only_scores_the_students_own_rollouts(capsys):
+    """Its answers were written after reading the reference: never a training target."""
+    from distill.config import parse_args
+
+    leaky = ["--program", "plan_solve", "--task", "gsm8k", "--harness",
+             '{"reference_in_plan": true}']
+    for extra in ([], ["--method", "sft", "--on-policy-fraction", "1"]):
+        with pytest.raises(SystemExit):
+            parse_args([*leaky, *extra])
+        assert "reference_in_plan" in capsys.readouterr().err
+    assert parse_args([*leaky, "--on-policy-fraction", "1"]).on_policy_fraction == 1.0
+    assert parse_args(["--config", "configs/gsm8k_qwen.yaml"]).harness == {"reference_in_plan": True}
