@@ -159,8 +159,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     if cfg.on_policy_fraction < 1.0 and resolve_loss(cfg.loss, "classification") == "sampled_token":
         p.error("sampled_token needs the sampling logprobs of every response: use "
                 "--on-policy-fraction 1")
-    if cfg.method in ("ophsd", "sft") and cfg.harness.get("reference_in_plan") and \
-            (cfg.method == "sft" or cfg.on_policy_fraction < 1.0):
+    trains_on_harness_answers = cfg.method == "sft" or (
+        cfg.method == "ophsd" and cfg.on_policy_fraction < 1.0)
+    if cfg.harness.get("reference_in_plan") and trains_on_harness_answers:
         # The harness's own answers were written after reading the reference: training the
         # bare prompt on them teaches the answer without the work (GSM8K, Qwen: 0.28 -> 0.00,
         # every answer "The answer is N.").
