@@ -8,10 +8,17 @@ prompt then equals the bare prompt (no signal), recorded with `note_fallback`.
 `reference_in_plan=True` gives the plan step the reference solution (the
 published OPHSD code does this during training only: the teacher is then
 strong where the inference-time harness is not). Never use it for evaluation.
+A plan written after reading the reference carries the results, not just the
+steps (Qwen writes "Micah ran 3.5 * 8 = 28 miles"), and a solve step that reads
+them answers "The answer is 16." at once: as a teacher it then rewards skipping
+the work (GSM8K collapse, docs/notes/gsm8k.md). `hide_plan_results=True` masks
+every number of the plan that the question does not contain, so the teacher
+knows which operations to carry out but must still carry them out.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import dspy
@@ -23,15 +30,38 @@ PLAN_INSTRUCTION = (
     "Write a short numbered plan (at most 5 steps) for solving this problem. "
     "Do not carry out the calculations and do not give the final answer."
 )
+# A number ("1,200", "3.5", "-4"), not a list marker ("2." at the start of a line).
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
+_LIST_MARKER = re.compile(r"^[ \t]*(\d+)\.(?=\s)", re.MULTILINE)
+
+
+def _number_key(text: str) -> str:
+    """"1,200" and "1200", "52.0" and "52" are the same number; so are 4 and -4."""
+    text = text.replace(",", "").lstrip("-")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def hide_results(plan: str, question: str) -> str:
+    """`plan` with every number the question does not contain replaced by "?" (list
+    markers kept), e.g. "3.5 * 8 = 28" -> "3.5 * 8 = ?" when 28 is not in the question."""
+    given = {_number_key(m.group()) for m in _NUMBER.finditer(question)}
+    markers = {m.start(1) for m in _LIST_MARKER.finditer(plan)}
+
+    def mask(m: re.Match) -> str:
+        keep = m.start() in markers or _number_key(m.group()) in given
+        return m.group() if keep else "?"
+
+    return _NUMBER.sub(mask, plan)
 
 
 class PlanSolve(dspy.Module):
     name = "plan_solve"
 
-    def __init__(self, task: Any, max_plan_chars: int = 1200, reference_in_plan: bool = False):
+    def __init__(self, task: Any, max_plan_chars: int = 1200, reference_in_plan: bool = False,
+                 hide_plan_results: bool = False):
         super().__init__()
         self.task, self.max_plan_chars = task, max_plan_chars
-        self.reference_in_plan = reference_in_plan
+        self.reference_in_plan, self.hide_plan_results = reference_in_plan, hide_plan_results
 
         def render_plan(inp: dict) -> list[dict]:
             ref = f"\n\nA verified solution, for your eyes only:\n{inp['reference']}" \
@@ -59,6 +89,8 @@ class PlanSolve(dspy.Module):
         planned = self.plan(question=example.question, reference=ref or "")
         plan = "1. " + planned.completion.strip()
         plan = plan[: self.max_plan_chars].strip()
+        if self.hide_plan_results:
+            plan = hide_results(plan, example.question)
         if len(plan) <= 3:
             note_fallback("empty_plan", "the plan step wrote nothing: solving with the bare prompt")
             out = self.bare(question=example.question)

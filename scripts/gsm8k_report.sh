@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
 # The GSM8K section of docs/results.md (Qwen2.5-Coder-0.5B, plan_solve), regenerated end to
-# end (about 2 h on a 2-core CPU; runs resume where they stopped):
+# end (about 1.5 h on a 2-core CPU; distill runs resume where they stopped):
 #   bash scripts/gsm8k_report.sh
-# 1. inference-time harnesses on the base model, 100 test items: self-consistency (3 sampled
-#    plan_solve runs, majority vote), and plan_solve with the reference shown to the plan step
-#    (the training teacher: it reads the answer, so it is a diagnostic, never a result);
-# 2. OPHSD (teacher: plan -> solve with the reference in the plan) and OPSD (teacher: the
-#    question plus the reference solution), same steps, examples and lr;
-# 3. evals.compare on the same 100 test items: base and each run, bare and with plan_solve.
+# 1. inference-time harnesses on the base model, 50 test items: self-consistency (3 sampled
+#    plan_solve runs, majority vote); plan_solve with the reference shown to the plan step (the
+#    OPHSD training teacher: it reads the answer, so a diagnostic, never a result), with and
+#    without the plan's results masked (hide_plan_results);
+# 2. every method at 12 steps x 4 examples, lr 5e-5, all on the same training items: OPHSD
+#    (teacher: plan -> solve with the reference in the plan), OPSD (teacher: question plus the
+#    reference solution), SSOPD (groups of 4 rollouts, no reference), SFT on the correct
+#    answers of plain plan_solve, SFT on the reference solutions; plus OPHSD at lr 2e-4;
+# 3. evals.compare on the same 50 test items: base and each run, bare and with plan_solve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 MODEL=qwen2.5-coder-0.5b-instruct
+RUN=(--config configs/gsm8k_qwen.yaml --eval-limit 0)
+
 $PY -m evals.run --task gsm8k --model $MODEL --program self_consistency --harness '{"n": 3}' \
-    --limit 100 --out runs/gsm8k-sc3
+    --limit 50 --out runs/gsm8k-sc3-50
 $PY -m evals.run --task gsm8k --model $MODEL --program plan_solve \
-    --harness '{"reference_in_plan": true}' --limit 100 --out runs/gsm8k-teacher
-$PY -m distill.run --config configs/gsm8k_qwen.yaml --eval-limit 0
-$PY -m distill.run --config configs/gsm8k_qwen.yaml --eval-limit 0 --method opsd \
-    --out runs/gsm8k-qwen-opsd
-$PY -m evals.compare --task gsm8k --model $MODEL --program plan_solve --limit 100 \
-    --runs runs/gsm8k-qwen-ophsd runs/gsm8k-qwen-opsd \
+    --harness '{"reference_in_plan": true}' --limit 50 --out runs/gsm8k-teacher-50
+$PY -m evals.run --task gsm8k --model $MODEL --program plan_solve \
+    --harness '{"reference_in_plan": true, "hide_plan_results": true}' --limit 50 \
+    --out runs/gsm8k-teacher-hidden-50
+$PY -m distill.run "${RUN[@]}"
+$PY -m distill.run "${RUN[@]}" --lr 2e-4 --out runs/g8k-ophsd-12-lr2e-4
+$PY -m distill.run "${RUN[@]}" --method opsd --out runs/g8k-opsd-12
+$PY -m distill.run "${RUN[@]}" --method ssopd --rollouts 4 --harness '{}' --out runs/g8k-ssopd-12
+$PY -m distill.run "${RUN[@]}" --method sft --harness '{}' --out runs/g8k-sft-12
+$PY -m distill.run "${RUN[@]}" --method gold_sft --harness '{}' --out runs/g8k-gold_sft-12
+$PY -m evals.compare --task gsm8k --model $MODEL --program plan_solve --limit 50 \
+    --runs runs/g8k-ophsd-12 runs/g8k-ophsd-12-lr2e-4 runs/g8k-opsd-12 runs/g8k-ssopd-12 \
+           runs/g8k-sft-12 runs/g8k-gold_sft-12 \
     --out runs/compare-gsm8k --report docs/results.md --notes docs/notes/gsm8k.md

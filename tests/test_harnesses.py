@@ -8,6 +8,7 @@ import pytest
 
 from evals.tasks import get_task
 from harnesses import build_harness
+from harnesses.plan_solve import hide_results
 from scaffold.embeddings import HashingEmbedder
 from scaffold.executor import run_program
 from scaffold.precedents import PrecedentIndex
@@ -242,3 +243,26 @@ def test_label_answers_stop_at_the_line_end(task, bank):
                    lambda m: " card_arrival")
     assert lm.request_kwargs[0].get("stop") == ["\n"]
     assert get_task("gsm8k").stop is None
+
+
+def test_hide_results_masks_numbers_the_question_lacks():
+    question = "Amber ran 8 miles of 52. Micah ran 3.5 times what Amber ran. Total 1,200?"
+    plan = ("1. Amber ran 8 miles.\n2. Micah ran 3.5 * 8 = 28 miles.\n"
+            "3. Ahito ran 52 - 8 - 28 = 16 miles, of 1200 or 52.0 (x2).")
+    assert hide_results(plan, question) == (
+        "1. Amber ran 8 miles.\n2. Micah ran 3.5 * 8 = ? miles.\n"
+        "3. Ahito ran 52 - 8 - ? = ? miles, of 1200 or 52.0 (x2).")
+
+
+def test_plan_solve_hides_plan_results_from_the_solve_step(tmp_path, monkeypatch):
+    (tmp_path / "m.jsonl").write_text(
+        '{"question": "Tom has 2 bags of 3 apples. How many?", "answer": "6", '
+        '"solution": "2 * 3 = 6"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    program = build_harness("plan_solve", task, reference_in_plan=True, hide_plan_results=True)
+    _, _, lm = run(program, example, lambda m: " Multiply 2 * 3 = 6.\n2. Answer 6."
+                   if m[-1]["content"].startswith("Plan:") else "The answer is \\boxed{6}.")
+    assert "2 * 3 = 6" in lm.requests[0][0]["content"]  # the plan step reads the reference
+    assert "Follow this plan:\n1. Multiply 2 * 3 = ?.\n2. Answer ?." in lm.requests[1][0]["content"]
