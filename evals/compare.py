@@ -87,6 +87,16 @@ def load_subject(path: str | Path) -> Subject:
                    config=json.loads(config_file.read_text()), compute=run_compute(path))
 
 
+def curve_runs(subjects: list[Subject]) -> dict[str, Path]:
+    """Label -> run folder of the training curves to plot: one curve per run, even when the
+    run and one of its checkpoints (RUN@N) are both compared."""
+    runs: dict[Path, str] = {}
+    for s in subjects:
+        if s.run_dir is not None and s.run_dir.resolve() not in runs:
+            runs[s.run_dir.resolve()] = s.label + (f" s{s.config.get('seed')}" if s.config else "")
+    return {label: path for path, label in runs.items()}
+
+
 def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
     """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples,
     rollouts, student tokens trained on, and wall-clock time of the training loop."""
@@ -255,8 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console(width=160).print(rich_table(rows, title))
     summary = seed_summary(rows)
     bars = comparison_bars(rows, out / "compare.png", title)
-    runs = {s.label + (f" s{s.config.get('seed')}" if s.config else ""): s.run_dir
-            for s in subjects if s.run_dir}
+    runs = curve_runs(subjects)
     curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
     command = "python -m evals.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     record = {"command": command, "task": task.name, "title": title, "items": len(items),

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from evals.compare import (
+    curve_runs,
     knn_baseline,
     load_subject,
     markdown_table,
@@ -88,6 +89,8 @@ def test_run_subjects_compute_and_seed_summary(tmp_path):
     early = load_subject(ckpt)
     assert early.label == "seed1@2" and early.compute["steps"] == 2
     assert early.compute["examples"] == 8 and early.config["seed"] == 1
+    # one training curve per run, though the run and its checkpoint are both compared
+    assert curve_runs([sa, sb, early]) == {"ophsd s0": a, "ophsd s1": b}
     with pytest.raises(FileNotFoundError, match="neither a run folder"):
         load_subject(tmp_path)
 
