@@ -13,7 +13,9 @@ steps (Qwen writes "Micah ran 3.5 * 8 = 28 miles"), and a solve step that reads
 them answers "The answer is 16." at once: as a teacher it then rewards skipping
 the work (GSM8K collapse, docs/notes/gsm8k.md). `hide_plan_results=True` masks
 every number of the plan that the question does not contain, so the teacher
-knows which operations to carry out but must still carry them out.
+knows which operations to carry out but must still carry them out. Measured on
+Qwen2.5-Coder-0.5B it breaks the teacher instead (0.60 -> 0.06: the solve step
+guesses the masked result), so it is an option, not the default.
 """
 
 from __future__ import annotations
