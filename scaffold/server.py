@@ -10,8 +10,9 @@ workers too), started with `python -m vllm.entrypoints.openai.api_server`
 polled on /v1/models; a server that dies or is not ready in time raises
 `ServerError` carrying the tail of its log, and so does a server that dies while
 in use (its requests fail as unreachable; leaving the `with` block says why).
-LoRA is on, with runtime adapter loading (`/v1/load_lora_adapter`). It is stopped by its own PID on exit: the
-context manager, an atexit hook, and SIGTERM all end up in `stop()`.
+LoRA is on, with runtime adapter loading (`/v1/load_lora_adapter`). It is
+stopped by its own PID on exit: the context manager, an atexit hook, and
+SIGTERM all end up in `stop()`.
 """
 
 from __future__ import annotations
