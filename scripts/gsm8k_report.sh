@@ -31,6 +31,7 @@ $PY -m distill.run "${RUN[@]}" --method ssopd --rollouts 4 --harness '{}' --out 
 $PY -m distill.run "${RUN[@]}" --method sft --harness '{}' --out runs/g8k-sft-12
 $PY -m distill.run "${RUN[@]}" --method gold_sft --harness '{}' --out runs/g8k-gold_sft-12
 $PY -m evals.compare --task gsm8k --model $MODEL --program plan_solve --limit 50 \
-    --runs runs/g8k-ophsd-12 runs/g8k-ophsd-12/checkpoints/step_000008/adapter runs/g8k-ophsd-12-lr2e-4 runs/g8k-opsd-12 runs/g8k-ssopd-12 \
-           runs/g8k-sft-12 runs/g8k-gold_sft-12 \
+    --runs runs/g8k-ophsd-12 runs/g8k-ophsd-12/checkpoints/step_000008/adapter \
+           runs/g8k-ophsd-12-lr2e-4 runs/g8k-opsd-12 runs/g8k-ssopd-12 runs/g8k-sft-12 \
+           runs/g8k-gold_sft-12 \
     --out runs/compare-gsm8k --report docs/results.md --notes docs/notes/gsm8k.md

