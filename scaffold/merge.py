@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from scaffold.hardware import auto_dtype_name
 from scaffold.registry import cache_dir, resolve
 
 
@@ -29,11 +30,14 @@ def merge_adapter(model: str, adapter: str | Path, out_root: Path | None = None)
     if not weights.exists():
         raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors: not a peft adapter")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    out = (out_root or cache_dir() / "merged") / f"{Path(base_path).name}-{digest}"
+    out = (out_root or cache_dir() / "merged") / f"{Path(base_path).name}-{digest}-{auto_dtype_name()}"
     if (out / "config.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
+    # the dtype the server runs (scaffold.hardware): merging in bf16 on a CPU without native
+    # bf16 would round the adapter's small deltas away for nothing
+    base = AutoModelForCausalLM.from_pretrained(base_path,
+                                                dtype=getattr(torch, auto_dtype_name()))
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
