@@ -159,7 +159,7 @@ def sampled_token_kl_estimate(
         return s - t
 
 
-_OUTSIDE = -1e30  # finite (0 * log 0 terms stay 0) and still finite after a temperature divide
+NO_MASS = -1e30  # finite (0 * log 0 terms stay 0) and still finite after a temperature divide
 
 
 def restrict(logits: Tensor, support: Tensor | None) -> Tensor:
@@ -172,7 +172,7 @@ def restrict(logits: Tensor, support: Tensor | None) -> Tensor:
                          f"{tuple(logits.shape)}")
     if not bool(support.any(-1).all()):
         raise ValueError("every position's support needs at least one allowed token")
-    return logits.masked_fill(~support, _OUTSIDE)
+    return logits.masked_fill(~support, NO_MASS)
 
 
 def per_token_divergence(
@@ -259,6 +259,7 @@ def _chunk_losses(
     token_weights: Tensor,
     cfg: LossConfig,
     support: Tensor | None = None,
+    teacher_given: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One chunk: returns (sum of weighted losses, detached stats in ``_STAT_NAMES`` order)."""
     dtype = torch.promote_types(student_hidden.dtype, torch.float32)
@@ -266,8 +267,11 @@ def _chunk_losses(
     b = None if bias is None else bias.to(dtype)
     student_logits = F.linear(student_hidden.to(dtype), w, b)
     with torch.no_grad():
-        t_bias = None if b is None else b.detach()
-        teacher_logits = F.linear(teacher_hidden.to(dtype), w.detach(), t_bias)
+        if teacher_given is not None:
+            teacher_logits = teacher_given.to(dtype)
+        else:
+            t_bias = None if b is None else b.detach()
+            teacher_logits = F.linear(teacher_hidden.to(dtype), w.detach(), t_bias)
     loss = per_token_divergence(student_logits, teacher_logits, cfg, sampled_ids, sampling_logprobs,
                                 support)
     loss_sum = (loss * token_weights.to(dtype)).sum()
@@ -295,7 +299,7 @@ def _chunk_losses(
 
 def chunked_distill_loss(
     student_hidden: Tensor,
-    teacher_hidden: Tensor,
+    teacher_hidden: Tensor | None,
     lm_head_weight: Tensor,
     cfg: LossConfig,
     lm_head_bias: Tensor | None = None,
@@ -303,6 +307,7 @@ def chunked_distill_loss(
     sampling_logprobs: Tensor | None = None,
     weights: Tensor | None = None,
     support: Tensor | None = None,
+    teacher_logits: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Sum over response positions of ``weights_i * loss_i``, computed chunk by chunk.
 
@@ -324,13 +329,23 @@ def chunked_distill_loss(
     ``sampled_ids`` are given, ``sampled_kl_sum`` (sum of ``log S(y) - log P(y)``).
     ``support`` (bool ``[N, V]``, optional) restricts the teacher to each position's
     allowed tokens (module docstring); the stats are then over the support.
+
+    ``teacher_logits`` (``[N, V]``) replaces ``teacher_hidden`` when the teacher was scored
+    elsewhere (the vLLM server's log-probabilities on the support, ``NO_MASS`` elsewhere:
+    ``distill.trainer.given_teacher_logits``); give exactly one of the two.
     """
     n = student_hidden.shape[0]
-    if teacher_hidden.shape != student_hidden.shape:
+    if (teacher_hidden is None) == (teacher_logits is None):
+        raise ValueError("give exactly one of teacher_hidden and teacher_logits")
+    if teacher_hidden is not None and teacher_hidden.shape != student_hidden.shape:
         raise ValueError(f"hidden shapes differ: {student_hidden.shape} vs {teacher_hidden.shape}")
+    if teacher_logits is not None and teacher_logits.shape != (n, lm_head_weight.shape[0]):
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match "
+                         f"{n} positions x vocabulary {lm_head_weight.shape[0]}")
     if cfg.kind == "sampled_token" and sampled_ids is None:
         raise ValueError("sampled_token needs sampled_ids")
-    teacher_hidden = teacher_hidden.detach()
+    if teacher_hidden is not None:
+        teacher_hidden = teacher_hidden.detach()
     dtype = torch.promote_types(student_hidden.dtype, torch.float32)
     if weights is None:
         weights = torch.ones(n, dtype=dtype, device=student_hidden.device)
@@ -343,7 +358,7 @@ def chunked_distill_loss(
         sl = slice(start, start + cfg.chunk_size)
         args = (
             student_hidden[sl],
-            teacher_hidden[sl],
+            None if teacher_hidden is None else teacher_hidden[sl],
             lm_head_weight,
             lm_head_bias,
             None if sampled_ids is None else sampled_ids[sl],
@@ -351,6 +366,7 @@ def chunked_distill_loss(
             weights[sl],
             cfg,
             None if support is None else support[sl],
+            None if teacher_logits is None else teacher_logits[sl],
         )
         if needs_grad:
             loss_sum, chunk_stats = checkpoint(_chunk_losses, *args, use_reentrant=False)

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 import torch
 
-from distill.losses import LossConfig, chunked_distill_loss, chunked_nll
+from distill.losses import NO_MASS, LossConfig, chunked_distill_loss, chunked_nll
 from distill.shared_prefix import PrefixKV, suffix_hidden
 from distill.splicing import (
     SplicedPair,
@@ -114,21 +114,17 @@ def lr_factor(step: int, schedule: str, warmup_steps: int = 0, total_steps: int 
 
 
 def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
-    """The dtype for the BASE weights. "auto" picks bf16 where the hardware runs it natively
-    (CUDA with bf16, or a CPU with AVX512-BF16 / AMX, where bf16 is 2.5-3.5x faster than fp32)
-    and fp32 otherwise. LoRA weights are always fp32 (peft upcasts them)."""
-    if name != "auto":
-        dtype = getattr(torch, name, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"unknown dtype {name!r}; use auto, bfloat16, float16 or float32")
-        return dtype
-    if device is not None and device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    cpu = torch.cpu
-    native_bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        cpu, "_is_amx_tile_supported", lambda: False
-    )()
-    return torch.bfloat16 if native_bf16 else torch.float32
+    """The dtype for the BASE weights. "auto" is bf16 where the hardware runs it natively and
+    fp32 elsewhere (`scaffold.hardware`: emulated bf16 is 60x slower than fp32 on an AVX2 CPU).
+    LoRA weights are always fp32 (peft upcasts them)."""
+    from scaffold.hardware import auto_dtype_name
+
+    if name == "auto":
+        name = auto_dtype_name(device.type if device is not None else "cpu")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; use auto, bfloat16, float16 or float32")
+    return dtype
 
 
 def _peak_rss_mb() -> float:
@@ -225,6 +221,11 @@ class DistillTrainer:
         it matches the data the run loop has consumed."""
         return self._step
 
+    def skip_step(self) -> None:
+        """Count a step that had nothing to train on (no update, no optimizer state change):
+        the step counter, and so the lr schedule, stays in line with the run loop's steps."""
+        self._step += 1
+
     @contextlib.contextmanager
     def teacher_weights(self, kind: str | None = None) -> Iterator[None]:
         """Context in which the shared model computes with the teacher's weights."""
@@ -288,116 +289,136 @@ class DistillTrainer:
         sampling_logprobs: list[list[float]] | None = None,
         objective: str = "distill",
         supports: list[list[list[int]] | None] | None = None,
+        teacher_logprobs: list[list[list[float]] | None] | None = None,
+        sft: list[bool] | None = None,
     ) -> dict:
         """One optimizer step over `pairs` (micro-batches of `micro_batch_size`, gradients
         accumulated, global token-mean loss). A non-finite loss or gradient norm skips the
         update (gradients zeroed, weights and optimizer state untouched) and is reported as
-        ``skipped_nonfinite=1``. `weights` are per pair (spread over its response tokens);
-        `sampling_logprobs` are per response token, as the engine sampled them. `supports`
-        are per pair: None, or per response token the ids the teacher may put mass on
-        (`distill.answer_space`; the teacher is restricted and renormalized there)."""
+        ``skipped_nonfinite=1``.
+
+        Per pair: `weights` (spread over its response tokens); `sampling_logprobs` (per
+        response token, as the engine sampled them); `supports` (None, or per response token
+        the ids the teacher may put mass on: `distill.answer_space`; the teacher is restricted
+        and renormalized there); `teacher_logprobs` (None, or per response token the
+        teacher's log-probabilities of that token's support ids, computed elsewhere, e.g. by
+        the vLLM server: no teacher forward runs for such a pair); `sft` (True: cross-entropy
+        on the response ids, no teacher at all). `objective="sft"` marks every pair sft.
+
+        Pairs are grouped by what they need (sft, a given teacher, a teacher forward) and
+        sorted by length inside each group, so micro-batches carry little padding; the loss
+        is a global token mean, so the grouping changes nothing but float rounding."""
         if not pairs:
             raise ValueError("train_step needs at least one pair")
         if objective not in ("distill", "sft"):
             raise ValueError(f"objective must be 'distill' or 'sft', got {objective!r}")
-        sft = objective == "sft"  # cross-entropy on the response ids; no teacher forward
-        if weights is not None and len(weights) != len(pairs):
-            raise ValueError(f"{len(weights)} weights for {len(pairs)} pairs")
-        if sampling_logprobs is not None and len(sampling_logprobs) != len(pairs):
-            raise ValueError(f"{len(sampling_logprobs)} logprob lists for {len(pairs)} pairs")
+        n_pairs = len(pairs)
+        sft_flags = [objective == "sft"] * n_pairs if sft is None else [bool(s) for s in sft]
+        for name, values in (("weights", weights), ("sampling logprob lists", sampling_logprobs),
+                             ("supports", supports), ("teacher logprob lists", teacher_logprobs),
+                             ("sft flags", sft_flags)):
+            if values is not None and len(values) != n_pairs:
+                raise ValueError(f"{len(values)} {name} for {n_pairs} pairs")
         lengths = [len(p.response_ids) for p in pairs]
         total_tokens = sum(lengths)
         if total_tokens == 0:
             raise ValueError("the pairs have no response tokens")
-        if supports is not None:
-            if len(supports) != len(pairs):
-                raise ValueError(f"{len(supports)} supports for {len(pairs)} pairs")
-            for i, (sup, n) in enumerate(zip(supports, lengths, strict=True)):
-                if sup is not None and len(sup) != n:
-                    raise ValueError(f"pair {i}: {len(sup)} supports for {n} tokens")
-        if sampling_logprobs is not None:
-            for i, (lp, n) in enumerate(zip(sampling_logprobs, lengths, strict=True)):
-                if len(lp) != n:
-                    raise ValueError(f"pair {i}: {len(lp)} sampling logprobs for {n} tokens")
+        for i, n in enumerate(lengths):
+            sup = supports[i] if supports is not None else None
+            given = teacher_logprobs[i] if teacher_logprobs is not None else None
+            if sup is not None and len(sup) != n:
+                raise ValueError(f"pair {i}: {len(sup)} supports for {n} tokens")
+            if sampling_logprobs is not None and len(sampling_logprobs[i]) != n:
+                raise ValueError(f"pair {i}: {len(sampling_logprobs[i])} sampling logprobs for "
+                                 f"{n} tokens")
+            if given is not None:
+                if sup is None:
+                    raise ValueError(f"pair {i}: teacher logprobs need the support they score")
+                bad = [t for t, (ids, lps) in enumerate(zip(sup, given, strict=True))
+                       if len(ids) != len(lps)]
+                if len(given) != n or bad:
+                    raise ValueError(f"pair {i}: teacher logprobs do not match its support")
+
+        def needs(i: int) -> int:  # 0: sft, 1: teacher given, 2: teacher forward
+            if sft_flags[i]:
+                return 0
+            return 1 if teacher_logprobs is not None and teacher_logprobs[i] is not None else 2
+
+        order = sorted(range(n_pairs), key=lambda i: (needs(i), -len(pairs[i].student_ids),
+                                                      -len(pairs[i].teacher_ids), i))
+        mbs = self.cfg.micro_batch_size
+        micro: list[list[int]] = []
+        for i in order:  # micro-batches never mix what they need
+            if micro and len(micro[-1]) < mbs and needs(micro[-1][0]) == needs(i):
+                micro[-1].append(i)
+            else:
+                micro.append([i])
 
         self.optimizer.zero_grad(set_to_none=True)
         device = self.lm_head.weight.device
-        mbs = self.cfg.micro_batch_size
+        vocab = self.lm_head.weight.shape[0]
         loss_sum = 0.0
         stat_sums = dict.fromkeys(_SUMMED_STATS, 0.0)
         nonfinite = False
-        n_micro = 0
-        starts = list(range(0, len(pairs), mbs))
-        batches = [collate(pairs[s : s + mbs], self.pad_id).to(device) for s in starts]
-        # Teacher first, for every micro-batch: its hidden states at response positions are
-        # small, and switching adapters (frozen/ema) never happens while the student's
-        # shared-prefix graph is alive.
+        batches = [collate([pairs[i] for i in idx], self.pad_id).to(device) for idx in micro]
+        # Teacher forwards first, for every micro-batch that needs one: its hidden states at
+        # response positions are small, and switching adapters (frozen/ema) never happens
+        # while the student's shared-prefix graph is alive.
         t0 = time.perf_counter()
-        teacher_hs: list[torch.Tensor | None] = [None] * len(starts)
-        if not sft:
-            teacher_prefix = self._prefix(pairs, "teacher", grad=False)
+        teacher_hs: list[torch.Tensor | None] = [None] * len(micro)
+        forward = [k for k, idx in enumerate(micro) if needs(idx[0]) == 2]
+        if forward:
+            rows = [pairs[i] for k in forward for i in micro[k]]
+            teacher_prefix = self._prefix(rows, "teacher", grad=False)
             self.model.eval()  # no dropout in the teacher
             with torch.no_grad(), self.teacher_weights():
-                for k, start in enumerate(starts):
-                    teacher_hs[k] = self._response_hidden(pairs[start : start + mbs], batches[k],
-                                                          "teacher", teacher_prefix)
+                for k in forward:
+                    teacher_hs[k] = self._response_hidden([pairs[i] for i in micro[k]],
+                                                          batches[k], "teacher", teacher_prefix)
             if teacher_prefix is not None:
                 teacher_prefix.release()
         t_teacher = time.perf_counter() - t0
         t0 = time.perf_counter()
         student_prefix = self._prefix(pairs, "student", grad=True)
         t_student = time.perf_counter() - t0
-        for k, start in enumerate(starts):
-            chunk = pairs[start : start + mbs]
-            n_micro += 1
+        for k, idx in enumerate(micro):
+            chunk = [pairs[i] for i in idx]
             batch = batches[k]
-            n_tokens = sum(lengths[start : start + mbs])
-            teacher_h = teacher_hs[k]
-            teacher_hs[k] = None
+            chunk_lengths = [lengths[i] for i in idx]
+            n_tokens = sum(chunk_lengths)
+            teacher_h, teacher_hs[k] = teacher_hs[k], None
             t1 = time.perf_counter()
 
             self.model.train()
             student_h = self._response_hidden(chunk, batch, "student", student_prefix)
-            teacher_n = student_h.shape[0] if teacher_h is None else teacher_h.shape[0]
-            if student_h.shape[0] != n_tokens or teacher_n != n_tokens:
+            if student_h.shape[0] != n_tokens or (teacher_h is not None
+                                                  and teacher_h.shape[0] != n_tokens):
                 raise RuntimeError(
                     f"response positions: student {student_h.shape[0]}, teacher "
-                    f"{teacher_n}, response tokens {n_tokens}"
-                )
+                    f"{None if teacher_h is None else teacher_h.shape[0]}, response tokens "
+                    f"{n_tokens}")
             sampled_ids = batch.flat_response_ids()
-            token_weights = (
-                None
-                if weights is None
-                else _per_token(weights[start : start + mbs], lengths[start : start + mbs], device)
-            )
-            token_logprobs = (
-                None
-                if sampling_logprobs is None
-                else torch.tensor(
-                    [x for lp in sampling_logprobs[start : start + mbs] for x in lp],
-                    dtype=torch.float32,
-                    device=device,
-                )
-            )
-            if sft:
-                loss, stats = chunked_nll(
-                    student_h, self.lm_head.weight, sampled_ids,
-                    lm_head_bias=getattr(self.lm_head, "bias", None), weights=token_weights,
-                    chunk_size=self.cfg.loss.chunk_size)
+            token_weights = None if weights is None else _per_token(
+                [weights[i] for i in idx], chunk_lengths, device)
+            bias = getattr(self.lm_head, "bias", None)
+            if needs(idx[0]) == 0:
+                loss, stats = chunked_nll(student_h, self.lm_head.weight, sampled_ids,
+                                          lm_head_bias=bias, weights=token_weights,
+                                          chunk_size=self.cfg.loss.chunk_size)
             else:
+                chunk_supports = None if supports is None else [supports[i] for i in idx]
+                token_logprobs = None if sampling_logprobs is None else torch.tensor(
+                    [x for i in idx for x in sampling_logprobs[i]], dtype=torch.float32,
+                    device=device)
+                given = None if teacher_h is not None else given_teacher_logits(
+                    chunk_supports, [teacher_logprobs[i] for i in idx], vocab, device)
                 loss, stats = chunked_distill_loss(
-                    student_h,
-                    teacher_h,
-                    self.lm_head.weight,
-                    self.cfg.loss,
-                    lm_head_bias=getattr(self.lm_head, "bias", None),
-                    sampled_ids=sampled_ids,
-                    sampling_logprobs=token_logprobs,
-                    weights=token_weights,
-                    support=None if supports is None else support_mask(
-                        supports[start : start + mbs], lengths[start : start + mbs],
-                        self.lm_head.weight.shape[0], device),
-                )
+                    student_h, teacher_h, self.lm_head.weight, self.cfg.loss,
+                    lm_head_bias=bias, sampled_ids=sampled_ids,
+                    sampling_logprobs=token_logprobs, weights=token_weights,
+                    support=None if chunk_supports is None else support_mask(
+                        chunk_supports, chunk_lengths, vocab, device),
+                    teacher_logits=given)
             micro_loss = float(loss.detach())
             if not math.isfinite(micro_loss):
                 nonfinite = True
@@ -446,19 +467,24 @@ class DistillTrainer:
         def per_token(value: float) -> float:
             return float("nan") if nonfinite else value / total_tokens
 
+        distill_tokens = sum(n for n, s in zip(lengths, sft_flags, strict=True) if not s)
         return {
             "loss": per_token(loss_sum),
-            "kl": per_token(stat_sums["kl_sum"]),
-            "teacher_entropy": per_token(stat_sums["teacher_entropy_sum"]),
+            # the divergence stats cover the distilled tokens only (sft pairs have no teacher)
+            "kl": stat_sums["kl_sum"] / distill_tokens if distill_tokens else float("nan"),
+            "teacher_entropy": (stat_sums["teacher_entropy_sum"] / distill_tokens
+                                if distill_tokens else float("nan")),
             "clipped_frac": per_token(stat_sums["clipped"]),
             "tokens": total_tokens,
+            "sft_tokens": total_tokens - distill_tokens,
             "grad_norm": grad_norm,
             "skipped_nonfinite": int(nonfinite),
             "lr": lr_now,
             "time_teacher_s": t_teacher,
             "time_student_s": t_student,
             "time_optim_s": t_optim,
-            "micro_batches": n_micro,
+            "micro_batches": len(micro),
+            "padding_frac": _padding_frac(batches, student_prefix),
             "shared_prefix_tokens": 0 if student_prefix is None else student_prefix.length,
             "peak_rss_mb": _peak_rss_mb(),
         }
@@ -643,6 +669,44 @@ def support_mask(supports: Sequence[list[list[int]] | None], lengths: Sequence[i
                 mask[row + k, list(allowed)] = True
         row += n
     return mask.to(device)
+
+
+def given_teacher_logits(supports: Sequence[list[list[int]] | None],
+                         logprobs: Sequence[list[list[float]] | None], vocab: int,
+                         device) -> torch.Tensor:
+    """``[N, V]`` teacher logits from per-token (support ids, log-probabilities) computed
+    elsewhere: each row holds the given log-probabilities at its support ids and -1e30 (no
+    mass) everywhere else, which is what `losses.restrict` makes of a restricted teacher.
+    A softmax over the row renormalizes the teacher on its support."""
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    row = 0
+    for sup, lps in zip(supports, logprobs, strict=True):
+        if sup is None or lps is None:
+            raise ValueError("a given teacher needs a support and its log-probabilities")
+        for ids, values in zip(sup, lps, strict=True):
+            rows += [row] * len(ids)
+            cols += list(ids)
+            vals += list(values)
+            row += 1
+    out = torch.full((row, vocab), NO_MASS, dtype=torch.float32)
+    out[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = torch.tensor(
+        vals, dtype=torch.float32)
+    return out.to(device)
+
+
+def _padding_frac(batches: Sequence, prefix: PrefixKV | None) -> float:
+    """Share of the student's computed positions that are padding (after a shared prefix,
+    only the suffix columns are computed per row)."""
+    cells = real = 0
+    for b in batches:
+        mask = b.student_attention_mask
+        width = mask.shape[1] - (prefix.length if prefix is not None else 0)
+        lengths = mask.sum(-1) - (prefix.length if prefix is not None else 0)
+        cells += mask.shape[0] * width
+        real += int(lengths.sum())
+    return 1.0 - real / cells if cells else 0.0
 
 
 def _per_token(weights: Sequence[float], lengths: Sequence[int], device) -> torch.Tensor:

@@ -15,7 +15,6 @@ from distill.splicing import collate, splice  # noqa: E402
 from distill.trainer import DistillTrainer, TrainerConfig  # noqa: E402
 
 LINEAR_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-SMOLLM2 = Path("/root/.cache/scaffold/models/smollm2-135m-instruct")
 
 
 def save_tiny_llama(path: Path) -> str:
@@ -288,9 +287,9 @@ def test_rejects_mismatched_weights_and_unknown_teacher(tiny_model_dir):
         trainer.train_step(make_pairs(), sampling_logprobs=[[0.0]] * 4)
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="bundled SmolLM2 not converted on this machine")
-def test_smollm2_one_step_auto_dtype(tmp_path):
-    trainer = DistillTrainer(TrainerConfig(model=str(SMOLLM2), lora_r=4, micro_batch_size=2))
+@pytest.mark.integration  # converts the bundled SmolLM2 on a fresh machine (the registry)
+def test_smollm2_one_step_auto_dtype(smollm2_path, tmp_path):
+    trainer = DistillTrainer(TrainerConfig(model=smollm2_path, lora_r=4, micro_batch_size=2))
     assert trainer.tokenizer is not None
     pairs = [
         splice(list(range(100, 140)), list(range(100, 180)), list(range(500, 516))),
