@@ -1,55 +1,54 @@
 """Distillation step benchmark: Scaffold's DistillTrainer vs TRL 1.16.0 SDFT, same model and batch.
 
-    .venv/bin/python benchmarks/distill_step.py                     # both sides, 3 timed steps
-    .venv/bin/python benchmarks/distill_step.py --side ours --micro-batch 4 2
-    .venv/bin/python benchmarks/distill_step.py --steps 5 --response-tokens 128 --batch 4
-    .venv/bin/python benchmarks/distill_step.py --gradient-checkpointing   # both sides
-    .venv/bin/python benchmarks/distill_step.py --print-only               # re-print saved JSON
+    .venv/bin/python benchmarks/distill_step.py                     # label shapes, all sides
+    .venv/bin/python benchmarks/distill_step.py --shapes long       # 4 x 256 response tokens
+    .venv/bin/python benchmarks/distill_step.py --side ours-server --steps 5
+    .venv/bin/python benchmarks/distill_step.py --print-only        # re-print saved JSON
     # the peer needs the bench extra:  pip install -c constraints-cpu.txt -e '.[bench]'
 
-Setup, identical on both sides where the libraries allow it:
+Shapes (``--shapes``):
 
-- Model: SmolLM2-135M-Instruct (``scaffold.registry.resolve``), bf16 base weights where the
-  CPU runs bf16 natively (``distill.trainer.resolve_dtype("auto")``), LoRA r=16, alpha=32,
-  dropout 0 on every decoder linear layer (fp32 adapter weights), AdamW lr 1e-4, grad-norm
-  clip 1.0, no gradient checkpointing, teacher = the frozen starting model (adapter disabled).
-- Data: ``--batch`` BANKING77 test questions. Student prompt = the task's bare prompt
-  (``student_messages``, 77 labels, ending with the "Label:" prefill); teacher prompt = the
-  same user turn plus 5 training examples ("Message: ...\\nLabel: ...") chosen by word
-  overlap, a stand-in for the precedent index. Response = ``--response-tokens`` token ids.
-- Loss: full-vocabulary reverse KL(student || teacher), temperature 1, token mean.
+- ``label`` (default): the real BANKING77 step of 32 examples. Student prompt = the task's
+  bare prompt (77 label names, ending with the "Label:" prefill); teacher prompt =
+  draft_verify's draft prompt (3 training examples, most similar last; similarity by word
+  overlap here, a stand-in for the precedent index); response = the gold label's token
+  ids and EOS (6-7 tokens). Loss: forward KL with the teacher restricted to the labels'
+  token trie (Scaffold's label recipe); TRL: forward KL over the full vocabulary
+  (``distillation_alpha=0``), its responses sampled with exactly 7 new tokens.
+- ``long``: 4 examples x 256 response tokens, the student prompt as above, the teacher
+  prompt the same user turn plus 5 precedents; reverse KL over the full vocabulary
+  (``distillation_alpha=1``), both sides.
 
-What each side's step contains (the table says it again):
+Sides, each in a fresh subprocess (own heap, own peak RSS):
 
-- ours: ``DistillTrainer.train_step`` on pre-built ``SplicedPair``s (fixed, deterministic
-  response ids: in Scaffold rollouts come from the vLLM server and are not part of the step).
-  One step = teacher forward (no grad) + student forward/backward + chunked fp32 loss +
-  clip + AdamW. Phases from the trainer's own ``time_teacher_s / time_student_s /
-  time_optim_s``.
-- trl: one optimizer step of ``trl.experimental.sdft.SDFTTrainer`` (``Trainer.train`` with
-  ``max_steps`` = warm-up + steps), i.e. HF ``generate`` of the responses with the current
-  adapter (sampling, temperature 1, ``min_new_tokens = max_new_tokens = --response-tokens``
-  so every completion has exactly that many tokens) + teacher-prompt tokenization + student
-  forward with grad + teacher forward (no grad, adapter disabled) + full logits loss
-  (``distillation_mode="full_logits"``, ``distillation_alpha=1.0`` = reverse KL,
-  importance-sampling clip off) + backward + clip + AdamW. Generation and teacher time are
-  measured by wrapping ``_generate`` and the no-grad calls of ``_forward_logits``; "student"
-  is the rest of ``training_step`` (forward+loss+backward), "optim" the rest of the step.
-  The prompt is the user turn without the "Label:" prefill (SDFT rejects prompts ending in an
-  assistant turn; its chat template opens the assistant turn instead), so its prompts are a
-  few tokens shorter; the table lists both sides' prompt lengths.
+- ``ours-trainer``: ``DistillTrainer.train_step`` with the trainer's own teacher forward
+  (teacher = the frozen starting model). Fixed, deterministic response ids: in Scaffold the
+  rollouts come from the vLLM server and are not part of this step.
+- ``ours-server`` (label shapes only): the teacher scored by a vLLM server
+  (``distill.loop.score_teacher_on_server``: the answer-space support of every response
+  position, prefix-cache hits for the teacher prompt), then ``train_step`` with those
+  log-probabilities and no teacher forward (teacher = the served live policy). The
+  scoring requests are timed inside the step; the server starts before the clock, and its
+  memory is its own process's (not in the peak RSS column).
+- ``trl``: one optimizer step of ``trl.experimental.sdft.SDFTTrainer`` (``Trainer.train``
+  with ``max_steps`` = warm-up + steps): HF ``generate`` of the responses with the current
+  adapter (``min_new_tokens = max_new_tokens``) + teacher-prompt tokenization + student
+  forward with grad + teacher forward (no grad, adapter disabled) + full-logits loss +
+  backward + clip + AdamW. Generation and teacher time are measured by wrapping
+  ``_generate`` and the no-grad calls of ``_forward_logits``; "step-gen" is the step
+  without generation, the like-for-like number against ours. SDFT's prompt is the user
+  turn without the "Label:" prefill (it rejects prompts ending in an assistant turn), so
+  its prompts are a few tokens shorter; the table lists both sides' prompt lengths.
 
-Memory: each side (and each micro-batch size of ours) runs in a fresh subprocess. After the
-trainer is built (model loaded, LoRA attached) the process's peak-RSS mark is reset
-(``/proc/self/clear_refs`` 5) and its RSS recorded; "peak dRSS" is VmHWM at the end minus
-that RSS (warm-up included), so model loading does not count and the sides don't share a heap.
-Falls back to ``ru_maxrss`` minus the post-load RSS where the reset is not allowed.
+Common: SmolLM2-135M-Instruct, base weights in the dtype the CPU runs natively
+(``scaffold.hardware``: bf16 with AVX512-BF16/AMX, else fp32), LoRA r=16, alpha=32,
+dropout 0 on every decoder linear layer (fp32 adapter weights), AdamW, grad-norm clip 1.0,
+no gradient checkpointing. Memory: after the trainer is built the peak-RSS mark is reset
+(``/proc/self/clear_refs`` 5); "peak dRSS" is VmHWM at the end minus the RSS then.
 
-Results go to ``--out`` (JSON, every timed step included) next to the printed table, with
-the load average before and after. On a shared machine step times are noisy (identical steps
-vary 2-4x on 2 busy cores): the table adds the fastest step ("min") beside mean ± std. On a
-2-core CPU one full run (1 warm-up + 3 steps per side) takes about 20 minutes, mostly the
-peer's generation; ``--steps 2`` about 15.
+Results go to ``--out`` (JSON, every timed step) next to the printed table, with the load
+average before and after and the CPU. Step times on a shared machine are noisy: the table
+adds the fastest step ("min") beside mean ± std.
 """
 
 from __future__ import annotations
@@ -88,9 +87,17 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9']+", text.lower()))
 
 
-def build_examples(tokenizer, batch: int, response_tokens: int) -> list[dict]:
+def _nearest(train: list, train_words: list[set[str]], question: str, k: int) -> list:
+    words = _words(question)
+    ranked = sorted(range(len(train)), key=lambda i: (
+        -len(words & train_words[i]) / (len(words | train_words[i]) or 1), i))
+    return [train[i] for i in ranked[:k]]
+
+
+def build_examples(tokenizer, shapes: str, batch: int, response_tokens: int) -> list[dict]:
     """`batch` examples: student and teacher messages (ours), SDFT's prompt and privileged
-    context (peer), and deterministic response ids of exactly `response_tokens` tokens."""
+    context (peer), and deterministic response ids (label shapes: the gold label + EOS;
+    long shapes: exactly `response_tokens` ids of training text)."""
     from evals.tasks import get_task
 
     task = get_task("banking77")
@@ -98,24 +105,27 @@ def build_examples(tokenizer, batch: int, response_tokens: int) -> list[dict]:
     train_words = [_words(ex.question) for ex in train]
     examples = []
     for b, ex in enumerate(test[:batch]):
-        question = _words(ex.question)
-        ranked = sorted(
-            range(len(train)),
-            key=lambda i: (-len(question & train_words[i]) / (len(question | train_words[i]) or 1), i),
-        )
-        precedents = "\n\n".join(
-            f"Message: {train[i].question}\nLabel: {train[i].answer}" for i in ranked[:N_PRECEDENTS]
-        )
-        privileged = f"{PRECEDENT_HEADER}\n\n{precedents}"
         student = task.student_messages(ex)
         user = student[0]["content"]
-        teacher = [{"role": "user", "content": f"{user}\n\n{privileged}"}, *student[1:]]
-        # deterministic text, different per row, cut to exactly `response_tokens` ids
-        start = 37 * b
-        text = " " + " ".join(t.question for t in train[start : start + 4 * response_tokens])
-        response = tokenizer.encode(text, add_special_tokens=False)[:response_tokens]
-        if len(response) != response_tokens:
-            raise ValueError(f"only {len(response)} response tokens could be built")
+        if shapes == "label":  # draft_verify's draft prompt (harnesses/draft_verify.py)
+            shown = _nearest(train, train_words, ex.question, 3)[::-1]  # most similar last
+            block = "\n\n".join(f"Message: {p.question}\nLabel: {p.answer}" for p in shown)
+            privileged = f"Here are similar messages with their labels:\n\n{block}"
+            teacher = [{"role": "user", "content": f"Classify the message. {privileged}\n\n"
+                        f"Message: {ex.question}\n\n{task.format_instruction()}"}, *student[1:]]
+            response = tokenizer.encode(f" {ex.answer}", add_special_tokens=False) + \
+                [tokenizer.eos_token_id]
+        else:
+            block = "\n\n".join(f"Message: {p.question}\nLabel: {p.answer}"
+                                 for p in _nearest(train, train_words, ex.question, N_PRECEDENTS))
+            privileged = f"{PRECEDENT_HEADER}\n\n{block}"
+            teacher = [{"role": "user", "content": f"{user}\n\n{privileged}"}, *student[1:]]
+            # deterministic text, different per row, cut to exactly `response_tokens` ids
+            start = 37 * b
+            text = " " + " ".join(t.question for t in train[start : start + 4 * response_tokens])
+            response = tokenizer.encode(text, add_special_tokens=False)[:response_tokens]
+            if len(response) != response_tokens:
+                raise ValueError(f"only {len(response)} response tokens could be built")
         examples.append({
             "student_messages": student,
             "teacher_messages": teacher,
@@ -153,6 +163,21 @@ def _peak_mb(reset_ok: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_name() -> str:
+    """The CPU model and whether it runs bf16 natively: step times depend on both."""
+    from scaffold.hardware import cpu_native_bf16
+
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_native_bf16() else 'no'}"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
@@ -173,31 +198,44 @@ def _summary(steps: list[dict], tokens: int) -> dict:
 # ---------------------------------------------------------------------------- ours
 
 
-def run_ours(args: argparse.Namespace, micro_batch: int) -> dict:
+def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
     import torch
     from transformers import AutoTokenizer
 
+    from distill.answer_space import AnswerSpace
+    from distill.loop import StepInputs, score_teacher_on_server
     from distill.losses import LossConfig
-    from distill.splicing import splice
     from distill.trainer import DistillTrainer, TrainerConfig
+    from evals.tasks import get_task
     from scaffold.chat import render_ids
     from scaffold.registry import resolve
 
     path = resolve(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    examples = build_examples(tokenizer, args.batch, args.response_tokens)
-    pairs = [
-        splice(
-            render_ids(tokenizer, ex["student_messages"]),
-            render_ids(tokenizer, ex["teacher_messages"]),
-            ex["response_ids"],
-        )
-        for ex in examples
-    ]
+    examples = build_examples(tokenizer, args.shapes, args.batch, args.response_tokens)
+    label = args.shapes == "label"
+    space = AnswerSpace.from_texts(tokenizer, get_task("banking77").answer_texts()) \
+        if label else None
+    inputs = StepInputs()
+    for ex in examples:
+        inputs.add(render_ids(tokenizer, ex["student_messages"]),
+                   render_ids(tokenizer, ex["teacher_messages"]), ex["response_ids"],
+                   max_len=4096, space=space)
+    pairs = inputs.pairs
+    server = None
+    if scorer == "server":
+        from scaffold.client import PolicyClient
+        from scaffold.server import PolicyServer, ServerConfig
+
+        server = PolicyServer(ServerConfig(model=path, enable_lora=False)).start()
+        ctx = type("Ctx", (), {"client": PolicyClient(server.base_url, server.model_name),
+                               "policy_name": server.model_name,
+                               "cfg": type("Cfg", (), {"concurrency": 32})()})()
     cfg = TrainerConfig(
         model=path, lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules="all-linear",
-        lr=1e-4, max_grad_norm=1.0, micro_batch_size=micro_batch, teacher="frozen",
-        loss=LossConfig(kind="reverse_kl"), seed=0,
+        lr=1e-4, max_grad_norm=1.0, micro_batch_size=micro_batch,
+        teacher="live" if scorer == "server" else "frozen",
+        loss=LossConfig(kind="forward_kl" if label else "reverse_kl"), seed=0,
         gradient_checkpointing=args.gradient_checkpointing,
     )
     trainer = DistillTrainer(cfg, tokenizer=tokenizer)
@@ -205,28 +243,41 @@ def run_ours(args: argparse.Namespace, micro_batch: int) -> dict:
     reset_ok = _reset_peak()
 
     steps = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        stats = trainer.train_step(pairs)
-        wall = time.perf_counter() - t0
-        if i >= args.warmup:
-            steps.append({
-                "step_s": wall, "teacher_s": stats["time_teacher_s"],
-                "student_s": stats["time_student_s"], "optim_s": stats["time_optim_s"],
-            })
+    try:
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            scoring = 0.0
+            if server is not None:
+                score_teacher_on_server(ctx, inputs)
+                scoring = time.perf_counter() - t0
+            stats = trainer.train_step(
+                pairs, supports=inputs.supports,
+                teacher_logprobs=inputs.teacher_logprobs if server is not None else None)
+            wall = time.perf_counter() - t0
+            if i >= args.warmup:
+                steps.append({
+                    "step_s": wall, "teacher_s": stats["time_teacher_s"] + scoring,
+                    "student_s": stats["time_student_s"], "optim_s": stats["time_optim_s"],
+                })
+    finally:
+        if server is not None:
+            server.stop()
     peak = _peak_mb(reset_ok)
     tokens = sum(len(p.response_ids) for p in pairs)
+    teacher = "vLLM server scores the answer-space support (timed in the step)" \
+        if server is not None else "teacher fwd (frozen, in the trainer)"
     return {
-        "side": "ours", "micro_batch": micro_batch, "dtype": str(trainer.dtype),
+        "side": f"ours-{scorer}", "micro_batch": micro_batch, "dtype": str(trainer.dtype),
         "threads": torch.get_num_threads(),
         "student_prompt_tokens": [p.student_prompt_len for p in pairs],
         "teacher_prompt_tokens": [p.teacher_prompt_len for p in pairs],
         "response_tokens": [len(p.response_ids) for p in pairs],
+        "teacher_requests": inputs.counts["teacher_requests"] // max(1, args.warmup + args.steps),
         "last_loss": stats["loss"], "steps": steps, **_summary(steps, tokens),
         "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak, "peak_rss_delta_mb": peak - rss_loaded,
         "peak_reset": reset_ok,
-        "contains": "teacher fwd + student fwd/bwd + chunked loss + clip + AdamW; "
-                    "rollouts precomputed (vLLM in Scaffold), not in the step",
+        "contains": f"{teacher} + student fwd/bwd + chunked loss + clip + AdamW; rollouts "
+                    "precomputed (vLLM in Scaffold), not in the step",
     }
 
 
@@ -249,7 +300,7 @@ def run_trl(args: argparse.Namespace) -> dict:
 
     path = resolve(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
-    examples = build_examples(tokenizer, args.batch, args.response_tokens)
+    examples = build_examples(tokenizer, args.shapes, args.batch, args.response_tokens)
     total_steps = args.warmup + args.steps
     rows = [{"prompt": ex["sdft_prompt"], "privileged_context": ex["privileged_context"]}
             for ex in examples] * total_steps
@@ -274,7 +325,9 @@ def run_trl(args: argparse.Namespace) -> dict:
         max_prompt_length=None,  # the default 512 would cut the 77-label prompt from the left
         max_completion_length=R, generation_kwargs={"min_new_tokens": R},
         temperature=1.0, top_p=1.0, top_k=0,
-        distillation_mode="full_logits", distillation_alpha=1.0, distillation_is_clip=None,
+        # forward KL for label shapes (Scaffold's label loss), reverse KL for long ones
+        distillation_mode="full_logits", distillation_is_clip=None,
+        distillation_alpha=0.0 if args.shapes == "label" else 1.0,
         teacher_model_kind="base", disable_dropout=True,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0,
@@ -358,7 +411,10 @@ def run_trl(args: argparse.Namespace) -> dict:
 def _worker(args: argparse.Namespace) -> None:
     _env()
     side, _, mbs = args.worker.partition(":")
-    result = run_ours(args, int(mbs)) if side == "ours" else run_trl(args)
+    if side == "trl":
+        result = run_trl(args)
+    else:
+        result = run_ours(args, int(mbs), side.removeprefix("ours-"))
     Path(args.worker_out).write_text(json.dumps(result, indent=1))
 
 
@@ -367,7 +423,7 @@ def _spawn(args: argparse.Namespace, worker: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = Path(tmp.name)
     cmd = [sys.executable, __file__, "--worker", worker, "--worker-out", str(out),
-           "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--shapes", args.shapes,
            "--batch", str(args.batch), "--response-tokens", str(args.response_tokens)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
@@ -401,8 +457,10 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
     from rich.table import Table
 
     console = Console(width=max(230, Console().width))
-    table = Table(title=f"Distillation step: {MODEL}, batch {args.batch} x {args.response_tokens} "
-                        f"response tokens, reverse KL, LoRA r=16, frozen teacher, gradient "
+    shape = "label answers (77-label prompt, draft prompt teacher), forward KL" \
+        if args.shapes == "label" else f"{args.response_tokens} response tokens, reverse KL"
+    table = Table(title=f"Distillation step: {MODEL}, batch {args.batch}, {shape}, LoRA r=16, "
+                        f"gradient "
                         f"checkpointing {'on' if args.gradient_checkpointing else 'off'} "
                         f"({args.steps} timed steps after {args.warmup} warm-up)")
     cols = ("side", "step s", "step min s", "teacher s", "student f+b s", "optim s",
@@ -413,7 +471,7 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
         table.add_column(col, justify="right", no_wrap=True)
     ran = [r for r in results if "skipped" not in r]
     for r in ran:
-        label = "ours" if r["side"] == "ours" else f"TRL {r.get('trl_version', '')} SDFT"
+        label = r["side"] if r["side"] != "trl" else f"TRL {r.get('trl_version', '')} SDFT"
         t_prompt = r.get("teacher_prompt_tokens") or [r.get("teacher_prompt_tokens_max")]
         table.add_row(
             f"{label} (mbs {r['micro_batch']})", _fmt(r["step_s"]), f"{_min(r, 'step_s'):.2f}",
@@ -426,7 +484,7 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
         )
     notes = []
     peer = next((r for r in ran if r["side"] == "trl"), None)
-    ours = [r for r in ran if r["side"] == "ours"]
+    ours = [r for r in ran if r["side"].startswith("ours")]
     if peer and ours:
         for o in ours:
             def ratio(key: str, peer_key: str | None = None, o=o) -> float:
@@ -435,7 +493,7 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
             min_excl = _min(o, "step_s") / _min(peer, "step_excl_gen_s")
             mem = o["peak_rss_delta_mb"] / peer["peak_rss_delta_mb"]
             table.add_row(
-                f"ours/peer (mbs {o['micro_batch']})", f"{ratio('step_s'):.2f}x",
+                f"{o['side']}/peer (mbs {o['micro_batch']})", f"{ratio('step_s'):.2f}x",
                 f"{_min(o, 'step_s') / _min(peer, 'step_s'):.2f}x", f"{ratio('teacher_s'):.2f}x",
                 f"{ratio('student_s'):.2f}x", f"{ratio('optim_s'):.2f}x", "",
                 f"{ratio('step_s', 'step_excl_gen_s'):.2f}x", f"{min_excl:.2f}x", f"{mem:.2f}x",
@@ -445,7 +503,7 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
             )
             excl = 1 / ratio("step_s", "step_excl_gen_s")
             notes.append(
-                f"mbs {o['micro_batch']}: speed-up {1 / ratio('step_s'):.2f}x incl. peer generation, "
+                f"{o['side']} mbs {o['micro_batch']}: speed-up {1 / ratio('step_s'):.2f}x incl. peer generation, "
                 f"{excl:.2f}x excl. it (min over steps: {1 / min_excl:.2f}x); goal >= 1.5x on the "
                 f"like-for-like (excl. generation) number: {'met' if excl >= 1.5 else 'NOT met'}. "
                 f"Peak dRSS {mem:.2f}x of peer; goal <= 0.7x: {'met' if mem <= 0.7 else 'NOT met'}.")
@@ -459,7 +517,7 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
     for note in notes:
         console.print(note)
     console.print(f"load average before {load['before']}, after {load['after']} "
-                  f"({os.cpu_count()} CPUs; the machine is shared, times are noisy)")
+                  f"({_cpu_name()}; the machine is shared, times are noisy)")
     return notes
 
 
@@ -468,11 +526,16 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=3, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--response-tokens", type=int, default=256)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--micro-batch", type=int, nargs="+", default=[4],
+    p.add_argument("--shapes", choices=("label", "long"), default="label",
+                   help="label: the real BANKING77 step (32 bare prompts, label answers); "
+                   "long: 4 x 256 response tokens")
+    p.add_argument("--response-tokens", type=int, default=None,
+                   help="long: response ids per example (256); label: TRL's fixed new tokens (7)")
+    p.add_argument("--batch", type=int, default=None, help="examples per step (label 32, long 4)")
+    p.add_argument("--micro-batch", type=int, nargs="+", default=[8],
                    help="our micro_batch_size(s), one subprocess each (the peer uses --batch)")
-    p.add_argument("--side", choices=("both", "ours", "trl"), default="both")
+    p.add_argument("--side", choices=("all", "ours", "ours-trainer", "ours-server", "trl"),
+                   default="all", help="ours: both of our teacher scorers")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="checkpoint the decoder layers on both sides (TRL's default; ours: off)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distill_step.json"))
@@ -486,16 +549,23 @@ def main() -> None:
         return
     if args.print_only:
         saved = json.loads(Path(args.out).read_text())
-        for key in ("batch", "response_tokens", "steps", "warmup", "gradient_checkpointing"):
+        for key in ("batch", "response_tokens", "steps", "warmup", "gradient_checkpointing",
+                    "shapes"):
             setattr(args, key, saved.get(key, False))
         print_table(saved["results"], args, saved["load_average"])
         return
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     workers = []
-    if args.side in ("both", "ours"):
-        workers += [f"ours:{m}" for m in args.micro_batch]
-    if args.side in ("both", "trl"):
+    label = args.shapes == "label"
+    args.batch = args.batch or (32 if label else 4)
+    args.response_tokens = args.response_tokens or (7 if label else 256)
+    scorers = ["trainer", "server"] if label else ["trainer"]
+    if args.side.startswith("ours-"):
+        scorers = [args.side.removeprefix("ours-")]
+    if args.side in ("all", "ours") or args.side.startswith("ours-"):
+        workers += [f"ours-{s}:{m}" for s in scorers for m in args.micro_batch]
+    if args.side in ("all", "trl"):
         workers.append("trl")
     results = [_spawn(args, w) for w in workers]
     load = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
@@ -503,8 +573,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": MODEL, "batch": args.batch, "response_tokens": args.response_tokens,
-        "steps": args.steps, "warmup": args.warmup, "load_average": load,
+        "model": MODEL, "shapes": args.shapes, "batch": args.batch,
+        "response_tokens": args.response_tokens, "cpu": _cpu_name(), "steps": args.steps, "warmup": args.warmup, "load_average": load,
         "gradient_checkpointing": args.gradient_checkpointing,
         "cpus": os.cpu_count(), "results": results, "verdict": notes,
     }, indent=1))

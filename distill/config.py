@@ -56,6 +56,12 @@ class RunConfig:
     loss_temperature: float = 1.0
     clip: float | None = None
     teacher: str = "frozen"  # live | frozen | ema  (weights that score the teacher context)
+    # auto | server | trainer: who computes the teacher's distributions. "server": the vLLM
+    # server that ran the harness scores the answer-space support of every response
+    # position (its prefix cache holds the teacher prompt already), so the trainer runs no
+    # teacher forward; it scores the live policy, so it needs --teacher live and an answer
+    # space. "auto" is server exactly then, trainer otherwise.
+    teacher_scorer: str = "auto"
     # auto | on | off. "on" restricts the teacher to the task's answers (a token trie of its
     # labels) and cuts a response after its first token off them; "auto" is on for closed-set
     # tasks (task.answer_texts()) unless the loss is sampled_token. See distill/answer_space.py.
@@ -64,6 +70,10 @@ class RunConfig:
     fallback_weight: float = 0.0  # weight of no-signal examples (0 = skip them)
     lora_r: int = 16
     lora_alpha: int = 32
+    # A peft adapter folder (e.g. another run's final_adapter) the LoRA starts from instead
+    # of zeros: OPHSD after SFT on the labelled bank. The served policy starts from it too;
+    # evals.compare adds that run's training compute to this one's.
+    init_adapter: str | None = None
     max_new_tokens: int | None = None  # default per task kind
     max_len: int = 2048  # longest student/teacher sequence; longer is a counted skip
     sync_every: int = 1  # update the served policy every k steps
@@ -71,7 +81,25 @@ class RunConfig:
     checkpoint_every: int = 4
     harness: dict = field(default_factory=dict)  # harness options, e.g. {"verify": "never"}
     bank_size: int | None = 2000  # precedents from the train split (None or 0: all of it)
+    # The label-scarce regime (evals/split.py): the train split becomes a labelled bank of
+    # this many examples per class (--labeled-per-class) or in all (--labeled, for tasks
+    # without classes) and an unlabelled pool. The bank is the harness's precedents (then
+    # --bank-size is ignored) and the data of the methods that read answers (opsd, ssopd,
+    # sft, gold_sft); ophsd trains on the pool, whose answers it never sees.
+    labeled_per_class: int | None = None
+    labeled: int | None = None
+    split_seed: int = 0  # the bank's draw: the same for every training seed and for compare
+    # Labelled bank examples per step trained on their gold answers (cross-entropy) beside
+    # the batch_size distilled ones: OPHSD using the labels it has.
+    gold_batch_size: int = 0
+    # The first N steps train on gold answers of the labelled bank only (batch_size of them
+    # a step, cross-entropy), then the method proper: SFT on the labels you have, then OPHSD
+    # on the pool, in one run with one lr schedule.
+    gold_warmup_steps: int = 0
     eval_limit: int = 100  # held-out test items for the final table (0 skips it)
+    # > 0: also evaluate the policy (no harness) on those items every N steps: the curve
+    # benchmarks/time_to_accuracy.py reads (eval_score, eval_s; not counted in step_s)
+    eval_every: int = 0
     eval_seed: int = 0
     concurrency: int = 16
     seed: int = 0
@@ -87,10 +115,23 @@ class RunConfig:
 
 # Changing these does not change what a step computes: a run may resume with new values.
 RESUMABLE = frozenset({"steps", "sync", "seeds", "checkpoint_every", "eval_limit", "eval_seed", "concurrency",
-                       "api_base", "out", "tensorboard", "data_root"})
+                       "api_base", "out", "tensorboard", "data_root", "eval_every"})
 
 
 LOSSES = ("reverse_kl", "forward_kl", "jsd", "topk_reverse_kl", "sampled_token")
+TEACHER_SCORERS = ("auto", "server", "trainer")
+READS_ANSWERS = ("opsd", "ssopd", "sft", "gold_sft")  # methods that train on labelled data
+
+
+def resolve_teacher_scorer(setting: str, teacher: str, answer_space: bool) -> str:
+    """Who scores the teacher: "vllm" (the server, on the answer-space support) or
+    "trainer" (a teacher forward in the trainer)."""
+    if setting == "server" and not answer_space:
+        raise ValueError("--teacher-scorer server needs an answer space (a task with labels "
+                         "and --answer-space auto or on): the server scores only its support")
+    use_server = setting == "server" or (setting == "auto" and teacher == "live"
+                                         and answer_space)
+    return "vllm" if use_server else "trainer"
 
 
 def resolve_loss(loss: str, task_kind: str) -> str:
@@ -144,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             kind = type(value) if value is not None else (int if f.name in {
-                "top_k", "max_new_tokens", "bank_size"} else float if f.name == "clip" else str)
+                "top_k", "max_new_tokens", "bank_size", "labeled_per_class", "labeled"} else float if f.name == "clip" else str)
             p.add_argument(flag, type=kind, default=None)
     args = p.parse_args(argv)
     values = defaults.to_dict()
@@ -167,6 +208,43 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         # every answer "The answer is N.").
         p.error("a harness that sees the reference (reference_in_plan) may only score the "
                 "student's own rollouts: use --method ophsd --on-policy-fraction 1")
+    if cfg.labeled_per_class is not None and cfg.labeled is not None:
+        p.error("--labeled-per-class and --labeled are two ways to size the labelled bank: "
+                "give one")
+    for name in ("labeled_per_class", "labeled"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.gold_batch_size < 0:
+        p.error("--gold-batch-size must be >= 0")
+    if not 0 <= cfg.gold_warmup_steps <= cfg.steps:
+        p.error("--gold-warmup-steps must be between 0 and --steps")
+    if cfg.gold_warmup_steps and cfg.method != "ophsd":
+        p.error("--gold-warmup-steps precedes OPHSD; for SFT alone use --method gold_sft")
+    if (cfg.gold_batch_size or cfg.gold_warmup_steps) and \
+            resolve_loss(cfg.loss, "classification") == "sampled_token":
+        p.error("--gold-batch-size trains gold answers the engine never sampled, which the "
+                "sampled_token loss cannot score: use another --loss")
+    if cfg.teacher_scorer not in TEACHER_SCORERS:
+        p.error(f"--teacher-scorer must be one of {TEACHER_SCORERS}")
+    if cfg.teacher_scorer == "server" and cfg.teacher != "live":
+        p.error("--teacher-scorer server scores the served (live) policy: use --teacher live, "
+                "or --teacher-scorer trainer for a frozen or EMA teacher")
+    if cfg.init_adapter:
+        adapter = Path(cfg.init_adapter)
+        if not (adapter / "adapter_config.json").is_file() or \
+                not (adapter / "adapter_model.safetensors").is_file():
+            p.error(f"--init-adapter {adapter}: not a peft adapter folder (adapter_config.json "
+                    "and adapter_model.safetensors), e.g. RUN/final_adapter")
+        rank = json.loads((adapter / "adapter_config.json").read_text()).get("r")
+        if rank != cfg.lora_r:
+            p.error(f"--init-adapter {adapter} has LoRA rank {rank}, this run --lora-r "
+                    f"{cfg.lora_r}: pass --lora-r {rank}")
+    if cfg.eval_every < 0:
+        p.error("--eval-every must be >= 0")
+    if (cfg.labeled_per_class or cfg.labeled) and cfg.harness.get("reference_in_plan") \
+            and cfg.method == "ophsd":
+        p.error("reference_in_plan reads a reference solution, which the unlabelled pool "
+                "does not have (--labeled-per-class / --labeled)")
     if cfg.method == "ssopd" and cfg.rollouts < 2:
         p.error("--method ssopd compares a group of rollouts: set --rollouts >= 2 (e.g. 4)")
     return cfg

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from distill.answer_space import AnswerSpace
 from distill.splicing import ContextTooLong, SplicedPair, splice
 from scaffold.chat import render_ids
 from scaffold.executor import run_program
+from scaffold.types import Example, Item, is_labelled
 
 HARNESS_METHODS = ("ophsd", "sft")  # the methods that run the harness each step
 
@@ -32,17 +35,23 @@ class StepInputs:
     weights: list[float] = field(default_factory=list)
     sampling_logprobs: list[list[float]] = field(default_factory=list)
     supports: list[list[list[int]] | None] = field(default_factory=list)
+    # per pair: the teacher's log-probabilities on its support, scored by the vLLM server
+    # (None: the trainer runs the teacher forward itself)
+    teacher_logprobs: list[list[list[float]] | None] = field(default_factory=list)
+    teacher_ids: list[list[int]] = field(default_factory=list)  # per pair: its teacher prompt
+    sft: list[bool] = field(default_factory=list)  # per pair: cross-entropy on a gold target
     counts: dict = field(default_factory=lambda: {
         "examples": 0, "rollouts": 0, "fallback": 0, "skipped_fallback": 0,
         "skipped_too_long": 0, "harness_failed": 0, "harness_correct": 0,
         "student_correct": 0, "student_parsed": 0, "sft_targets": 0, "ssopd_mixed": 0,
         "harness_paths": 0, "harness_paths_skipped": 0, "off_answer_space": 0,
-        "answer_space_cut_tokens": 0})
+        "answer_space_cut_tokens": 0, "unlabelled": 0, "student_agrees_harness": 0,
+        "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0})
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],
             max_len: int, weight: float = 1.0, logprobs: list[float] | None = None,
-            space: AnswerSpace | None = None) -> bool:
+            space: AnswerSpace | None = None, sft: bool = False) -> bool:
         """Splice and keep one pair; a context over `max_len` is a counted skip, never cut.
         With an answer `space` the teacher is restricted to it, and a response that leaves
         it is cut after its first token off it (counted; see distill.answer_space)."""
@@ -63,6 +72,9 @@ class StepInputs:
         self.weights.append(weight)
         self.sampling_logprobs.append(list(logprobs) if logprobs is not None else [])
         self.supports.append(support)
+        self.teacher_logprobs.append(None)
+        self.teacher_ids.append(list(teacher_ids))
+        self.sft.append(sft)
         return True
 
 
@@ -71,39 +83,55 @@ def sample_seed(run_seed: int, step: int, index: int) -> int:
     return (run_seed * 1_000_003 + step * 10_007 + index) % (2**31 - 1)
 
 
-def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
-    """Build the training pairs of one step. `ctx` is the run (see distill.run.Run)."""
+def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] = ()) -> StepInputs:
+    """Build the training pairs of one step. `ctx` is the run (see distill.run.Run).
+
+    `examples` are the step's items: labelled `Example`s, or unlabelled pool `Question`s,
+    whose answers are never read (they have none). `gold` are labelled bank examples that
+    train beside them on their gold answers (cross-entropy: a teacher certain of the label).
+    """
     cfg, task, tok = ctx.cfg, ctx.task, ctx.tokenizer
     out = StepInputs()
     out.counts["examples"] = len(examples)
+    out.counts["unlabelled"] = sum(not is_labelled(ex) for ex in examples)
     student_msgs = [task.student_messages(ex) for ex in examples]
     student_ids = [render_ids(tok, m) for m in student_msgs]
-
-    # 1. harness on the live policy (ophsd teacher contexts, sft targets)
-    t0 = time.perf_counter()
-    traces = [None] * len(examples)
-    if cfg.method in HARNESS_METHODS:
-        results = run_program(ctx.harness, examples, lm=ctx.policy_lm(temperature=0.0),
-                              concurrency=cfg.concurrency, progress=False)
-        traces = [r.trace for r in results]
-        for r in results:
-            out.counts["harness_failed"] += r.failed
-            if not r.failed:
-                out.counts["harness_correct"] += task.grade(r.prediction.completion or "",
-                                                            r.example) >= 1.0
-    out.times["harness_s"] = time.perf_counter() - t0
-
-    # 2. student rollouts on the bare prompt, exact sampled ids; ophsd samples only the
-    # examples it trains on-policy (the others train on the harness's own answer)
-    t0 = time.perf_counter()
+    # ophsd samples only the examples it trains on-policy (the others train on the
+    # harness's own answer); opsd and ssopd sample every example
     on_policy = [cfg.method != "ophsd" or on_policy_example(cfg, step, i)
                  for i in range(len(examples))]
-    rollouts: list[list[Any]] = [[] for _ in examples]
-    if cfg.method in ("ophsd", "opsd", "ssopd"):
-        rollouts = _seeded_many(ctx, student_ids, step, on_policy)
-    out.times["rollout_s"] = time.perf_counter() - t0
+    wants_rollouts = cfg.method in ("ophsd", "opsd", "ssopd") and any(on_policy)
 
-    # 3. teacher contexts and splicing
+    # 1. harness (ophsd teacher contexts, sft targets) and student rollouts, in flight
+    # together on the live policy: the engine batches both
+    t0 = time.perf_counter()
+    traces: list[Any] = [None] * len(examples)
+    answers: list[Any] = [None] * len(examples)
+    rollouts: list[list[Any]] = [[] for _ in examples]
+    with ThreadPoolExecutor(max_workers=1) as side:
+        pending = side.submit(_seeded_many, ctx, student_ids, step, on_policy) \
+            if wants_rollouts else None
+        if cfg.method in HARNESS_METHODS and examples:
+            results = run_program(ctx.harness, examples, lm=ctx.policy_lm(temperature=0.0),
+                                  concurrency=max(cfg.concurrency, len(examples)),
+                                  progress=False)
+            for i, r in enumerate(results):
+                traces[i] = r.trace
+                out.counts["harness_failed"] += r.failed
+                if r.failed:
+                    continue
+                answers[i] = task.parse(r.prediction.completion or "")
+                if is_labelled(r.example):
+                    out.counts["harness_correct"] += task.grade(r.prediction.completion or "",
+                                                                r.example) >= 1.0
+        out.times["harness_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if pending is not None:
+            rollouts = pending.result()
+    # the rollouts' wall time beyond the harness's (0 when they finished under its cover)
+    out.times["rollout_s"] = time.perf_counter() - t1
+
+    # 2. teacher contexts and splicing
     for i, ex in enumerate(examples):
         if cfg.method == "sft":
             _add_sft(ctx, out, ex, student_ids[i], traces[i])
@@ -128,15 +156,64 @@ def collect(ctx: Any, step: int, examples: list[Any]) -> StepInputs:
         teacher_ids = render_ids(tok, tc.messages)
         for comp in rollouts[i]:
             out.counts["rollouts"] += 1
-            out.counts["student_correct"] += task.grade(comp.text, ex) >= 1.0
-            out.counts["student_parsed"] += task.parse(comp.text) is not None
+            parsed = task.parse(comp.text)
+            out.counts["student_parsed"] += parsed is not None
+            out.counts["student_agrees_harness"] += parsed is not None and parsed == answers[i]
+            if is_labelled(ex):
+                out.counts["student_correct"] += task.grade(comp.text, ex) >= 1.0
             ids, logprobs = answer_ids(tok, task, comp)
             if ids:
                 out.add(student_ids[i], teacher_ids, ids, cfg.max_len, weight, logprobs,
                         space=_answer_space(ctx))
         if not on_policy[i]:
             _add_harness_path(ctx, out, student_ids[i], teacher_ids, traces[i], weight)
+
+    # 3. labelled bank examples on their gold answers, beside the distilled pairs
+    for ex in gold:
+        if _add_target(ctx, out, render_ids(tok, task.student_messages(ex)),
+                       gold_target_ids(tok, task, ex)):
+            out.counts["gold_targets"] += 1
+
+    # 4. the teacher's distributions, scored by the server that just ran the harness
+    if getattr(ctx, "teacher_scorer", "trainer") == "vllm":
+        t0 = time.perf_counter()
+        score_teacher_on_server(ctx, out)
+        out.times["teacher_score_s"] = time.perf_counter() - t0
     return out
+
+
+def score_teacher_on_server(ctx: Any, out: StepInputs) -> None:
+    """Fill `out.teacher_logprobs` for every distilled pair: at each response position the
+    live policy's log-probabilities of the position's allowed ids (its answer-space support)
+    after the teacher prompt and the response so far, from the vLLM server. The harness's
+    final request has just been computed there, so every request is a prefix-cache hit but
+    for its tail. A position with one allowed id needs no request: the restricted teacher is
+    certain of it. The values equal the trainer's own teacher forward on the live weights
+    (tests/test_integration_serving.py compares them on SmolLM2)."""
+    jobs: list[tuple[int, int, list[int], list[int]]] = []
+    for k, (pair, support) in enumerate(zip(out.pairs, out.supports, strict=True)):
+        if out.sft[k]:
+            continue
+        if support is None:
+            raise ValueError("the server can only score a teacher restricted to the answer "
+                             "space (this pair has no support): use --teacher-scorer trainer")
+        out.teacher_logprobs[k] = [[0.0] if len(ids) == 1 else [] for ids in support]
+        prompt = out.teacher_ids[k]
+        for t, ids in enumerate(support):
+            if len(ids) > 1:
+                jobs.append((k, t, prompt + pair.response_ids[:t], ids))
+    out.counts["teacher_scored_positions"] += sum(
+        len(s) for k, s in enumerate(out.supports) if s is not None and not out.sft[k])
+    out.counts["teacher_requests"] += len(jobs)
+    if not jobs:
+        return
+
+    def one(job: tuple[int, int, list[int], list[int]]) -> list[float]:
+        return ctx.client.next_token_logprobs(job[2], job[3], model=ctx.policy_name)
+
+    with ThreadPoolExecutor(max_workers=max(ctx.cfg.concurrency, 32)) as pool:
+        for (k, t, _, _), values in zip(jobs, pool.map(one, jobs), strict=True):
+            out.teacher_logprobs[k][t] = values
 
 
 def _answer_space(ctx: Any) -> AnswerSpace | None:
@@ -212,8 +289,6 @@ def _seeded_many(ctx: Any, prompts: list[list[int]], step: int,
     """`cfg.rollouts` samples of each wanted prompt (seeded per step and index, so a resumed
     run draws the same ones); [] for the others. One-line label answers stop at the first
     line end: the loop would cut them there anyway (`answer_ids`)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     cfg = ctx.cfg
     stop_ids = line_end_ids(ctx.tokenizer) if ctx.task.kind != "math" else None
 
@@ -279,7 +354,9 @@ def _add_ssopd(ctx: Any, out: StepInputs, example: Any, student_msgs: list[dict]
                 space=_answer_space(ctx))
 
 
-def _add_target(ctx: Any, out: StepInputs, student_ids: list[int], target: list[int]) -> None:
+def _add_target(ctx: Any, out: StepInputs, student_ids: list[int], target: list[int]) -> bool:
     """A supervised pair: `target` after the bare prompt (teacher side unused)."""
-    if target and out.add(student_ids, student_ids, list(target), ctx.cfg.max_len):
+    if target and out.add(student_ids, student_ids, list(target), ctx.cfg.max_len, sft=True):
         out.counts["sft_targets"] += 1
+        return True
+    return False

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,7 +36,15 @@ from tqdm.auto import tqdm
 
 from distill.answer_space import AnswerSpace
 from distill.checkpoint import RESUMABLE_KEYS, DataCursor, RunDir
-from distill.config import RESUMABLE, RunConfig, parse_args, resolve_answer_space, resolve_loss
+from distill.config import (
+    READS_ANSWERS,
+    RESUMABLE,
+    RunConfig,
+    parse_args,
+    resolve_answer_space,
+    resolve_loss,
+    resolve_teacher_scorer,
+)
 from distill.loop import HARNESS_METHODS, collect
 from distill.losses import LossConfig
 from distill.trainer import DistillTrainer, TrainerConfig
@@ -43,12 +52,14 @@ from evals.bank import task_bank
 from evals.metrics import held_out
 from evals.run import results_table
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
-from evals.tasks import get_task
+from evals.split import split_train
+from evals.tasks import Task, get_task
 from harnesses import build_harness, needs_index
 from scaffold.client import PolicyClient
 from scaffold.registry import resolve
 from scaffold.server import install_sigterm_handler, policy_endpoint
 from scaffold.trace import write_jsonl
+from scaffold.types import Example, Item
 
 
 @dataclass
@@ -67,6 +78,7 @@ class Run:
     run_dir: RunDir
     model_path: str
     answer_space: AnswerSpace | None = None  # the teacher's support (closed-set tasks)
+    teacher_scorer: str = "trainer"  # "vllm": the server scores the teacher (config.py)
 
     def policy_lm(self, **kw: Any) -> Any:
         return self.client.dspy_lm(self.policy_name, max_tokens=self.max_new_tokens, **kw)
@@ -113,48 +125,84 @@ def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerCo
                          loss=loss, seed=cfg.seed)
 
 
-def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: list[Any],
-          writer: Any = None) -> None:
+def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequence[Item],
+          gold_set: Sequence[Example] = (), writer: Any = None) -> None:
+    """The loop: per step, the next `batch_size` items of `train_set` (pool questions or
+    examples) and `gold_batch_size` labelled examples of `gold_set`, collected into training
+    pairs, one optimizer step, a policy sync; checkpoints carry both data cursors."""
     cfg = run.cfg
     restored = run_dir.restore(trainer)
     cursor = DataCursor.from_dict(restored["cursor"]) if restored else DataCursor()
+    gold_cursor = DataCursor.from_dict(restored["gold_cursor"]) \
+        if restored and restored.get("gold_cursor") else DataCursor()
     start = int(restored["loop_step"]) if restored else 0
     if restored:
         run.sync(trainer, start)
         print(f"resumed from step {start} (cursor {cursor})")
+    elif cfg.init_adapter:
+        trainer.load_adapter(cfg.init_adapter)  # a fresh run starts from the given adapter
+        run.sync(trainer, 0)
+    sampled_loss = resolve_loss(cfg.loss, run.task.kind) == "sampled_token"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="distill",
                dynamic_ncols=True)
     for step in bar:
         t_step = time.perf_counter()
-        indices, cursor = cursor.take(len(train_set), cfg.batch_size, cfg.seed)
-        batch = [train_set[i] for i in indices]
-        inputs = collect(run, step, batch)
+        warmup = step < cfg.gold_warmup_steps  # gold answers only (config.py)
+        batch: list[Item] = []
+        if not warmup:
+            indices, cursor = cursor.take(len(train_set), cfg.batch_size, cfg.seed)
+            batch = [train_set[i] for i in indices]
+        gold: list[Example] = []
+        n_gold = cfg.batch_size if warmup else cfg.gold_batch_size
+        if n_gold and gold_set:
+            gold_indices, gold_cursor = gold_cursor.take(len(gold_set), n_gold, cfg.seed + 1)
+            gold = [gold_set[i] for i in gold_indices]
+        inputs = collect(run, step, batch, gold)
         row: dict[str, Any] = {"step": step + 1, **inputs.counts, **inputs.times}
         if inputs.pairs:
-            sft = cfg.method in ("sft", "gold_sft")
-            sampled = resolve_loss(cfg.loss, run.task.kind) == "sampled_token" and not sft
-            logprobs = inputs.sampling_logprobs if sampled else None
-            stats = trainer.train_step(inputs.pairs, inputs.weights, logprobs, **(
-                {"objective": "sft"} if sft else {"supports": inputs.supports}))
+            given = run.teacher_scorer == "vllm"
+            stats = trainer.train_step(
+                inputs.pairs, inputs.weights,
+                inputs.sampling_logprobs if sampled_loss and not any(inputs.sft) else None,
+                supports=inputs.supports, sft=inputs.sft,
+                teacher_logprobs=inputs.teacher_logprobs if given else None)
             row.update(stats)
         else:
-            row["skipped_no_pairs"] = 1  # no signal, no step: counted, the data moves on
+            # no signal, no step: counted, the data moves on, and so does the trainer's step
+            # counter (a resumed run must find the trainer where the loop is)
+            trainer.skip_step()
+            row["skipped_no_pairs"] = 1
         t0 = time.perf_counter()
         if (step + 1) % cfg.sync_every == 0 or step + 1 == cfg.steps:
             run.sync(trainer, step + 1)
         row["sync_s"] = time.perf_counter() - t0
         row["step_s"] = time.perf_counter() - t_step
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            row.update(curve_point(run))  # timed apart: eval_s is not part of step_s
         run_dir.log_metrics(row)
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, int | float):
                     writer.add_scalar(k, v, step + 1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            run_dir.save_checkpoint(step + 1, trainer, {"cursor": cursor.to_dict(),
-                                                        "loop_step": step + 1})
+            run_dir.save_checkpoint(step + 1, trainer, {
+                "cursor": cursor.to_dict(), "gold_cursor": gold_cursor.to_dict(),
+                "loop_step": step + 1})
         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}",
-                        kl=f"{row.get('kl', float('nan')):.3f}", pairs=len(inputs.pairs))
+                        kl=f"{row.get('kl', float('nan')):.3f}", pairs=len(inputs.pairs),
+                        **({"acc": f"{row['eval_score']:.3f}"} if "eval_score" in row else {}))
     bar.close()
+
+
+def curve_point(run: Run) -> dict[str, float]:
+    """Accuracy of the served policy with no harness on the run's held-out items (the
+    training curve that `benchmarks/time_to_accuracy.py` reads), with its own wall time."""
+    t0 = time.perf_counter()
+    items = held_out(run.task.load("test"), run.cfg.eval_limit, run.cfg.eval_seed)
+    lm = run.client.dspy_lm(run.policy_name, temperature=0.0, max_tokens=run.max_new_tokens)
+    res = evaluate(run.task, "none", items, lm=lm, model_label="curve",
+                   concurrency=run.cfg.concurrency, progress=False)
+    return {"eval_score": res.score, "eval_n": res.n, "eval_s": time.perf_counter() - t0}
 
 
 def final_eval(run: Run, run_dir: RunDir) -> list[Any]:
@@ -202,6 +250,26 @@ def completed(run_dir: RunDir, cfg: RunConfig) -> list[EvalResult] | None:
     return [EvalResult(**row) for row in record["rows"]]
 
 
+def training_data(cfg: RunConfig, task: Task) -> tuple[list[Example], list[Item]]:
+    """(bank, train set): the labelled examples the harness and the gold baselines may use,
+    and what the method trains on. Full labels: both are the train split. Label-scarce
+    (--labeled-per-class / --labeled): the seeded bank, and for ophsd the unlabelled pool,
+    for the methods that read answers the bank itself."""
+    train = task.load("train")
+    if not train:
+        raise ValueError(f"{task.name}: the train split holds no examples")
+    if not (cfg.labeled_per_class or cfg.labeled):
+        return train, train
+    split = split_train(task, train, per_class=cfg.labeled_per_class, total=cfg.labeled,
+                        seed=cfg.split_seed)
+    if cfg.method in READS_ANSWERS:
+        return split.bank, split.bank
+    if not split.pool:
+        raise ValueError(f"{task.name}: the labelled bank takes the whole train split "
+                         f"({len(train)} examples), which leaves no unlabelled pool")
+    return split.bank, split.pool
+
+
 def main(cfg: RunConfig) -> dict:
     install_sigterm_handler()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -209,7 +277,8 @@ def main(cfg: RunConfig) -> dict:
 
     model_path = resolve(cfg.model)
     task = get_task(cfg.task, data_root=cfg.data_root)
-    train_set = task.load("train")
+    bank, train_set = training_data(cfg, task)
+    labelled_regime = bool(cfg.labeled_per_class or cfg.labeled)
     run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS)
     done = completed(run_dir, cfg)
     if done is not None:
@@ -219,13 +288,17 @@ def main(cfg: RunConfig) -> dict:
         return {"run_dir": str(run_dir.path), "eval": [r.row() for r in done]}
     harness = None  # only ophsd (teacher contexts) and sft (targets) run the harness
     if cfg.method in HARNESS_METHODS:
-        index = task_bank(task, limit=cfg.bank_size, seed=cfg.seed) \
-            if needs_index(cfg.program) else None
+        index = None
+        if needs_index(cfg.program):  # the labelled bank, or a seeded share of the train split
+            index = task_bank(task, examples=bank) if labelled_regime else \
+                task_bank(task, limit=cfg.bank_size, seed=cfg.seed)
         harness = build_harness(cfg.program, task, index=index, **cfg.harness)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     answers = task.answer_texts()
     space = AnswerSpace.from_texts(tokenizer, answers) if resolve_answer_space(
         cfg.answer_space, resolve_loss(cfg.loss, task.kind), answers is not None) else None
+    scorer = resolve_teacher_scorer(cfg.teacher_scorer, cfg.teacher, space is not None) \
+        if cfg.method in ("ophsd", "opsd", "ssopd") else "trainer"
     trainer = DistillTrainer(trainer_config(cfg, model_path, task.kind), tokenizer=tokenizer)
     writer = None
     if cfg.tensorboard:
@@ -240,9 +313,10 @@ def main(cfg: RunConfig) -> dict:
         client = PolicyClient(server.base_url, server.model_name)
         run = Run(cfg, task, tokenizer, harness, client, server, server.model_name,
                   cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path,
-                  space)
+                  space, scorer)
         client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
-        train(run, trainer, run_dir, train_set, writer)
+        train(run, trainer, run_dir, train_set,
+              bank if cfg.gold_batch_size or cfg.gold_warmup_steps else (), writer)
         final = run_dir.path / "final_adapter"
         trainer.save_adapter(final)
         results = final_eval(run, run_dir) if cfg.eval_limit > 0 else []

@@ -12,27 +12,32 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock
 
 from evals.metrics import held_out
+from evals.tasks.base import Task
+from evals.tasks.errors import SplitUnavailableError
 from scaffold.embeddings import DEFAULT_EMBEDDER, load_embedder
 from scaffold.precedents import PrecedentIndex
 from scaffold.registry import cache_dir
+from scaffold.types import Example
 
 
-def task_bank(task: Any, embedder_name: str = DEFAULT_EMBEDDER, progress: bool = True,
-              cache: Path | None = None, limit: int | None = None,
-              seed: int = 0) -> PrecedentIndex:
-    """`limit`: a seeded subset of the train split (quicker to embed, e.g. for the demo)."""
-    train = task.load("train")
-    if limit:
+def task_bank(task: Task, embedder_name: str = DEFAULT_EMBEDDER, progress: bool = True,
+              cache: Path | None = None, limit: int | None = None, seed: int = 0,
+              examples: Sequence[Example] | None = None) -> PrecedentIndex:
+    """The train split's bank; `limit`: a seeded subset of it (quicker to embed, e.g. for
+    the demo); `examples`: exactly these labelled train examples (the label-scarce bank,
+    evals/split.py)."""
+    train = list(examples) if examples is not None else task.load("train")
+    if limit and examples is None:
         train = held_out(train, limit, seed)
     try:
         test_texts = [ex.question for ex in task.load("test")]
-    except Exception:  # noqa: BLE001 - a task without a test split has nothing to leak
+    except SplitUnavailableError:  # a task without a test split has nothing to leak into
         test_texts = []
     key = hashlib.sha256(
         "\n".join([task.name, embedder_name]

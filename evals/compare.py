@@ -39,6 +39,7 @@ from evals.diagnostics import answer_diagnostics
 from evals.metrics import fmt_ci, held_out, mean_ci
 from evals.plots import comparison_bars, read_metrics, training_curves
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
+from evals.split import split_train
 from evals.tasks import get_task
 from harnesses import HARNESSES, needs_index
 from scaffold.client import PolicyClient
@@ -98,16 +99,30 @@ def curve_runs(subjects: list[Subject]) -> dict[str, Path]:
 
 
 def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
-    """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples,
-    rollouts, student tokens trained on, and wall-clock time of the training loop."""
+    """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples
+    (distilled and gold), rollouts, student tokens trained on, and wall-clock time of the
+    training loop; plus what the run it started from (--init-adapter RUN/final_adapter)
+    spent, so a two-stage recipe reports its whole cost."""
     rows = [r for r in read_metrics(run_dir) if up_to is None or r.get("step", 0) <= up_to]
-    return {
+    compute = {
         "steps": len(rows),
-        "examples": sum(r.get("examples", 0) for r in rows),
+        "examples": sum(r.get("examples", 0) + r.get("gold_targets", 0) for r in rows),
         "rollouts": sum(r.get("rollouts", 0) for r in rows),
         "student_tokens": sum(r.get("tokens", 0) for r in rows),
         "train_wall_s": round(sum(r.get("step_s", 0.0) for r in rows), 1),
     }
+    try:
+        init = json.loads((run_dir / "config.json").read_text()).get("init_adapter")
+    except (OSError, ValueError):
+        init = None
+    parent = Path(init).parent if init else None
+    if parent is not None and (parent / "metrics.jsonl").exists() and \
+            parent.resolve() != run_dir.resolve():
+        before = run_compute(parent)
+        compute = {k: round(compute[k] + before[k], 1) if isinstance(compute[k], float)
+                   else compute[k] + before[k] for k in compute}
+        compute["init_from"] = str(parent)
+    return compute
 
 
 def knn_baseline(task: Any, items: list[Any], index: Any, k: int = KNN_K) -> dict:
@@ -129,7 +144,50 @@ def result_row(res: EvalResult, task: Any, subject: Subject) -> dict:
     row["compute"] = subject.compute
     row["method"] = subject.config.get("method", "base" if subject.adapter is None else "")
     row["seed"] = subject.config.get("seed")
+    row["harness"] = subject.config.get("program")  # the harness a run was distilled from
     return row
+
+
+def add_lift_capture(rows: list[dict]) -> None:
+    """`lift_capture` on every row scored with no harness (trained runs, the kNN vote):
+    (score - base) / (base + harness - base), the share of the harness's lift that the row
+    keeps without it. The harness is the one the run distilled (else the first compared);
+    None where there is no lift to share (no harness row, or a harness no better than base)."""
+    base = {r["program"]: r["score"] for r in rows if r["model"] == "base"}
+    harnesses = [p for p in base if p != "none"]
+    for r in rows:
+        if r["model"] == "base":
+            r["lift_capture"] = None
+            continue
+        if r["program"] != "none" and not r["program"].startswith("knn"):
+            r["lift_capture"] = None  # with the harness attached: not a capture of its lift
+            continue
+        harness = r.get("harness") if r.get("harness") in base else \
+            (harnesses[0] if harnesses else None)
+        lift = base[harness] - base["none"] if harness and "none" in base else 0.0
+        r["lift_capture"] = (r["score"] - base["none"]) / lift if lift > 0 else None
+        r["lift_of"] = harness
+
+
+def result_rows(record: dict) -> list[dict]:
+    """The machine-readable rows of `docs/results/<task>[-<regime>].json`: one per compared
+    (model, program), `model` being base, knn or the run's method name (`run` tells runs of
+    one method apart)."""
+    out = []
+    for r in record["rows"]:
+        knn = r["program"].startswith("knn")
+        c = r.get("compute") or {}
+        out.append({
+            "model": "knn" if knn else (r.get("method") or r["model"]),
+            "run": None if knn or r["model"] == "base" else r["model"],
+            "seed": r.get("seed"),
+            "program": "none" if knn else r["program"],
+            "score": r["score"], "ci": [r["ci_low"], r["ci_high"]], "n": r["n"],
+            "train_examples": c.get("examples"), "train_s": c.get("train_wall_s"),
+            "lift_capture": r.get("lift_capture"),
+            **({"knn": r["program"]} if knn else {}),
+        })
+    return out
 
 
 def seed_summary(rows: list[dict]) -> list[dict]:
@@ -151,12 +209,14 @@ def row_label(row: dict, rows: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     diag = [k for k in ("alt_label_rate", "cites_case_rate", "plans_first_rate")
             if any(k in r for r in rows)]
-    head = ["model", "program", "score [95% CI]", "n", "answer tok", "calls/ex", "wall s",
-            *diag, "train examples", "student tokens", "train s"]
+    head = ["model", "program", "score [95% CI]", "lift capture", "n", "answer tok", "calls/ex",
+            "wall s", *diag, "train examples", "student tokens", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         c = r.get("compute") or {}
+        lift = r.get("lift_capture")
         cells = [row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+                 "" if lift is None else f"{lift:.0%}",
                  str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                  f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}",
                  *[f"{r[k]:.2f}" if k in r else "" for k in diag],
@@ -168,10 +228,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 def rich_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
-    for col in ("model", "program", "score [95% CI]", "n", "answer tok", "calls/ex", "wall s"):
+    for col in ("model", "program", "score [95% CI]", "lift capture", "n", "answer tok",
+                "calls/ex", "wall s"):
         table.add_column(col, justify="right")
     for r in rows:
+        lift = r.get("lift_capture")
         table.add_row(row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+                      "" if lift is None else f"{lift:.0%}",
                       str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                       f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}")
     return table
@@ -215,6 +278,13 @@ def main(argv: list[str] | None = None) -> dict:
                    "VLLM_SERVER_DEV_MODE=1 and serving --model) instead of starting one")
     p.add_argument("--bank-size", type=int, default=None,
                    help="precedents: a seeded subset of the train split (default: all of it)")
+    p.add_argument("--labeled-per-class", type=int, default=None, metavar="N",
+                   help="the label-scarce regime: the harness's precedents and the kNN vote "
+                   "use a seeded bank of N labelled train examples per class, the same bank "
+                   "as distill.run --labeled-per-class N (evals/split.py)")
+    p.add_argument("--labeled", type=int, default=None, metavar="N",
+                   help="the same with a bank of N examples in all (tasks without classes)")
+    p.add_argument("--split-seed", type=int, default=0, help="the bank's draw (as distill.run)")
     p.add_argument("--limit", type=int, default=300, help="held-out items (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample")
     p.add_argument("--harness", type=json.loads, default={}, help="harness options as JSON")
@@ -230,13 +300,22 @@ def main(argv: list[str] | None = None) -> dict:
     install_sigterm_handler()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    if args.labeled_per_class is not None and args.labeled is not None:
+        p.error("--labeled-per-class and --labeled size the same bank: give one")
     task = get_task(args.task, data_root=args.data_root)
     items = held_out(task.load("test"), args.limit, args.seed)
     subjects = [Subject(label="base")] + [load_subject(r) for r in args.runs]
     label_task = task.kind != "math"
-    index = task_bank(task, limit=args.bank_size) \
-        if any(map(needs_index, args.program)) or (label_task and not args.no_knn) else None
-    out = Path(args.out or f"runs/compare-{task.name.replace('/', '_')}")
+    split = split_train(task, task.load("train"), per_class=args.labeled_per_class,
+                        total=args.labeled, seed=args.split_seed) \
+        if args.labeled_per_class or args.labeled else None
+    regime = split.regime if split else "all-labels"
+    index = None
+    if any(map(needs_index, args.program)) or (label_task and not args.no_knn):
+        index = task_bank(task, examples=split.bank) if split else \
+            task_bank(task, limit=args.bank_size)
+    stem = task.name.replace("/", "_") + (f"-{regime}" if split else "")
+    out = Path(args.out or f"runs/compare-{stem}")
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve(args.model)
     max_tokens = MAX_TOKENS[task.kind]
@@ -260,15 +339,18 @@ def main(argv: list[str] | None = None) -> dict:
                 server.reload_weights(model_path)  # leave a shared server as we found it
     if label_task and not args.no_knn:
         rows.append(knn_baseline(task, items, index))
+    add_lift_capture(rows)
 
-    title = f"{task.name}: {len(items)} held-out items, greedy"
+    bank_note = f", labelled bank {len(split.bank)} ({regime})" if split else ""
+    title = f"{task.name}: {len(items)} held-out items, greedy{bank_note}"
     Console(width=160).print(rich_table(rows, title))
     summary = seed_summary(rows)
     bars = comparison_bars(rows, out / "compare.png", title)
     runs = curve_runs(subjects)
     curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
     command = "python -m evals.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-    record = {"command": command, "task": task.name, "title": title, "items": len(items),
+    record = {"command": command, "task": task.name, "regime": regime, "stem": stem,
+              "bank": len(split.bank) if split else None, "title": title, "items": len(items),
               "rows": rows, "seed_summary": summary,
               "plots": [str(bars)] + ([str(curves)] if curves else [])}
     (out / "compare.json").write_text(json.dumps(record, indent=2, default=str))
@@ -285,7 +367,13 @@ def render_report(record: dict, report: Path, notes: str | None = None) -> None:
     and the findings in `notes`."""
     figures = report.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    stem = record["task"].replace("/", "_")
+    stem = record.get("stem") or record["task"].replace("/", "_")
+    results = report.parent / "results" / f"{stem}.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"task": record["task"], "regime": record.get("regime"),
+                                   "bank": record.get("bank"), "items": record["items"],
+                                   "command": record["command"], "rows": result_rows(record)},
+                                  indent=2) + "\n")
     links = []
     for png, kind, alt in zip(record["plots"], ("compare", "curves"), ("comparison", "training"),
                               strict=False):
@@ -298,8 +386,8 @@ def render_report(record: dict, report: Path, notes: str | None = None) -> None:
             f"{s['runs']} runs" for s in record["seed_summary"])))
     if notes:
         sections.append(("Findings", Path(notes).read_text().strip()))
-    write_report(report, record["command"], sections, key=record["task"])
-    print(f"wrote {report}")
+    write_report(report, record["command"], sections, key=stem)
+    print(f"wrote {report} and {results}")
 
 
 def rerender(argv: list[str] | None = None) -> None:

@@ -1,16 +1,28 @@
-"""draft_verify: draft a label from retrieved precedents, then verify it against
-confirmers (nearest precedents sharing the draft's label) and challengers
-(nearest precedents with other labels, one per label).
+"""draft_verify: draft a label from retrieved precedents, then (optionally) verify it
+against confirmers (nearest precedents sharing the draft's label) and challengers (nearest
+precedents with other labels, one per label).
 
-Probe facts that shaped it (BANKING77, SmolLM2-135M): the draft from 5
-precedents with a prefilled "Label:" scores 0.89, the nearest-neighbour vote
-alone 0.93, and an always-on verify step *hurt* (0.52): it broke many correct
-drafts and, when it changed the label, mostly took the first challenger shown.
-So verify is gated (`verify="disagree"`, default): it runs only when the draft
-disagrees with the precedents' similarity-weighted vote, and the candidates it
-sees are ordered by similarity, so the position bias favours the evidence
-rather than an arbitrary first challenger. `verify="always"` and `"never"`
-exist to measure that choice.
+Defaults, measured on BANKING77 with SmolLM2-135M, 300 held-out items, greedy:
+
+| draft from                               | verify   | full train bank | 770 labels (10/class) |
+|------------------------------------------|----------|-----------------|-----------------------|
+| 5 precedents, most similar first         | disagree | 0.820           | 0.580                 |
+| 5 precedents, most similar first         | never    |                 | 0.583                 |
+| 10 precedents, most similar first        | never    |                 | 0.447                 |
+| 3 precedents, most similar first         | never    |                 | 0.663                 |
+| 5 precedents, most similar last          | never    | 0.867           | 0.657                 |
+| **3 precedents, most similar last**      | never    | **0.883**       | **0.743**             |
+| 3 precedents, most similar last          | disagree | 0.883           |                       |
+| 1 precedent                              | never    |                 | 0.727                 |
+| no LLM: similarity-weighted kNN vote, 10 |          | 0.897           | 0.747                 |
+
+The 135M model copies a label from its context with a strong recency bias: the precedent
+next to the message wins. So the default lists k=3 precedents with the most similar last,
+and does not verify. Verification never helped: gated on disagreement with the
+precedents' vote it matched the draft (0.883 both), and always on it *hurt* (0.52 in an
+early probe: it broke correct drafts and mostly took the first challenger shown).
+`verify="disagree"` (the candidates it sees ordered by similarity, so the position bias
+favours the evidence) and `"always"` exist to measure that choice again.
 
 `draft_prompt` chooses the draft's prompt: "short" (default) is the precedents and the
 message alone; "task" is the task's own bare prompt (for BANKING77 the 77 label names)
@@ -34,6 +46,7 @@ from scaffold.trace import note_fallback
 
 VERIFY_MODES = ("disagree", "always", "never")
 DRAFT_PROMPTS = ("task", "short")
+PRECEDENT_ORDERS = ("similar_first", "similar_last")
 
 
 def _precedent_lines(precedents: list[Any], prefix: str) -> str:
@@ -43,9 +56,13 @@ def _precedent_lines(precedents: list[Any], prefix: str) -> str:
 class DraftVerify(dspy.Module):
     name = "draft_verify"
 
-    def __init__(self, task: Any, index: Any, k: int = 5, k_confirm: int = 3,
-                 k_challenge: int = 3, verify: str = "disagree", draft_prompt: str = "short"):
+    def __init__(self, task: Any, index: Any, k: int = 3, k_confirm: int = 3,
+                 k_challenge: int = 3, verify: str = "never", draft_prompt: str = "short",
+                 order: str = "similar_last"):
         super().__init__()
+        if order not in PRECEDENT_ORDERS:
+            raise ValueError(f"order must be one of {PRECEDENT_ORDERS}, got {order!r}")
+        self.order = order
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         if draft_prompt not in DRAFT_PROMPTS:
@@ -97,7 +114,8 @@ class DraftVerify(dspy.Module):
             note_fallback("empty_bank", "no precedents retrieved: the draft is the bare prompt")
             out = self.bare(question=example.question)
             return self._finish(self.task.parse(out.completion), out.completion, verified=False)
-        drafted = self.draft(precedents=_precedent_lines(precedents, self.prefix),
+        listed = precedents[::-1] if self.order == "similar_last" else precedents
+        drafted = self.draft(precedents=_precedent_lines(listed, self.prefix),
                              question=example.question)
         draft = self.task.parse(drafted.completion)
         vote = weighted_vote(precedents)  # the same k nearest: no second search

@@ -27,6 +27,7 @@ from scaffold.chat import Messages, template_kwargs
 from scaffold.errors import PolicyServerUnreachable
 
 PolicyUnavailable = PolicyServerUnreachable  # the name this module used first
+MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's cap on logprob_token_ids per request (vllm.sampling_params)
 
 
 @dataclass
@@ -137,6 +138,32 @@ class PolicyClient:
                 logprobs=lp.get("token_logprobs"), finish_reason=ch.get("finish_reason"),
             ))
         return out
+
+    def next_token_logprobs(self, prompt_ids: Sequence[int], token_ids: Sequence[int], *,
+                            model: str | None = None) -> list[float]:
+        """The served model's log-probabilities of `token_ids` as the next token after
+        `prompt_ids` (full-vocabulary log-softmax, before any temperature: vLLM's raw
+        logprobs). Requests of max_tokens=1 with vLLM's `logprob_token_ids` (at most 128 ids
+        each); a prompt whose head the server has just computed (the harness's own request)
+        is a prefix-cache hit, so only its tail is computed again."""
+        if not token_ids:
+            raise ValueError("next_token_logprobs needs at least one token id")
+        scores: dict[int, float] = {}
+        ids = [int(t) for t in token_ids]
+        for start in range(0, len(ids), MAX_LOGPROB_TOKEN_IDS):
+            data = self._post("/completions", {
+                "model": model or self.model, "prompt": list(map(int, prompt_ids)),
+                "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                "logprob_token_ids": ids[start:start + MAX_LOGPROB_TOKEN_IDS],
+                "return_tokens_as_token_ids": True})
+            top = (data["choices"][0].get("logprobs") or {}).get("top_logprobs") or [None]
+            scores.update({int(k.removeprefix("token_id:")): float(v)
+                           for k, v in (top[0] or {}).items()})
+        missing = [t for t in ids if t not in scores]
+        if missing:
+            raise RuntimeError(f"{self.base_url} returned no logprob for token ids {missing[:5]} "
+                               "(its vLLM has no logprob_token_ids: it needs vLLM >= 0.32)")
+        return [scores[t] for t in ids]
 
     def complete_many(self, prompts: Sequence[Sequence[int]], *, concurrency: int = 16,
                       **kwargs: Any) -> list[list[Completion]]:

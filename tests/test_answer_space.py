@@ -38,7 +38,7 @@ def space() -> AnswerSpace:
                                                     " lost_phone", " card"])
 
 
-def test_line_ends_are_eos_and_whitespace_only_newline_tokens(space):
+def test_line_ends_are_eos_and_bare_line_breaks(space):
     assert space.end_ids == [EOS, NL, NL2]  # ".\n" carries text: not an answer's end
 
 

@@ -240,3 +240,39 @@ def test_a_finished_run_rerun_returns_its_saved_evaluation(tiny_model_dir, tmp_p
     assert completed(run, replace(cfg, eval_limit=8)) is None  # other items: evaluate again
     assert completed(run, replace(cfg, eval_limit=0)) == []  # done, nothing to evaluate
     assert completed(run, replace(cfg, steps=3)) is None  # extended: train on
+
+
+def test_a_step_without_pairs_keeps_the_run_resumable(tiny_model_dir, tmp_path, monkeypatch):
+    """distill.run.train after a step that yields no training pairs (no signal, no step):
+    the trainer's step counter still moves with the loop, so the checkpoint after it
+    restores (it used to fail with 'state step 2 != listed step 3')."""
+    from types import SimpleNamespace
+
+    import distill.run as run_mod
+    from distill.config import RunConfig
+    from distill.loop import StepInputs
+
+    data = dataset()
+
+    def fake_collect(run, step, examples, gold=()):
+        out = StepInputs()
+        if step != 1:  # the second step finds nothing to train on
+            for pair in examples:
+                out.add(pair.student_ids[:pair.student_prompt_len],
+                        pair.teacher_ids[:pair.teacher_prompt_len], pair.response_ids, 64)
+        return out
+
+    monkeypatch.setattr(run_mod, "collect", fake_collect)
+    synced = []
+    cfg = RunConfig(steps=3, batch_size=BATCH, checkpoint_every=1, seed=SEED, lr_schedule="constant")
+    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
+                               teacher_scorer="trainer",
+                               sync=lambda trainer, step: synced.append(step))
+    run_dir = RunDir(tmp_path, cfg.to_dict())
+    run_mod.train(fake_run, make_trainer(tiny_model_dir), run_dir, data)
+    rows = run_dir.metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[1].get("skipped_no_pairs") == 1
+    resumed = make_trainer(tiny_model_dir)
+    fake_run.cfg = RunConfig(**{**cfg.to_dict(), "steps": 4})
+    run_mod.train(fake_run, resumed, RunDir(tmp_path, fake_run.cfg.to_dict()), data)
+    assert resumed.step == 4 and [r["step"] for r in run_dir.metrics()] == [1, 2, 3, 4]

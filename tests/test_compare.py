@@ -151,3 +151,51 @@ def test_rerender_rewrites_the_section_from_saved_results(tmp_path):
     assert "--task toy" in text and "### Findings" in text and "Distillation wins" in text
     assert "0.500 ± 0.010 over 3 runs" in text
     assert (tmp_path / "docs" / "figures" / "toy-compare.png").exists()
+
+
+def test_lift_capture_and_the_machine_readable_rows(tmp_path):
+    """lift capture = (trained - base) / (base + harness - base) on rows without the harness;
+    docs/results/<task>-<regime>.json holds one row per (model, program) in the issue's form."""
+    from evals.compare import add_lift_capture, render_report
+
+    compute = {"examples": 512, "train_wall_s": 300.0}
+    rows = [row("base", "none", 0.05), row("base", "draft_verify", 0.55),
+            row("run", "none", 0.45, method="ophsd", harness="draft_verify", seed=0,
+                compute=compute),
+            row("run", "draft_verify", 0.6, method="ophsd", harness="draft_verify", seed=0,
+                compute=compute),
+            row("gold", "none", 0.30, method="gold_sft", harness="draft_verify", seed=0),
+            row("no LLM", "knn-vote k=10", 0.7)]
+    add_lift_capture(rows)
+    lifts = {(r["model"], r["program"]): r["lift_capture"] for r in rows}
+    assert lifts[("run", "none")] == pytest.approx(0.8)  # (0.45 - 0.05) / (0.55 - 0.05)
+    assert lifts[("gold", "none")] == pytest.approx(0.5)
+    assert lifts[("no LLM", "knn-vote k=10")] == pytest.approx(1.3)
+    assert lifts[("base", "none")] is None and lifts[("run", "draft_verify")] is None
+    png = tmp_path / "c.png"
+    png.write_bytes(b"png")
+    record = {"command": "python -m evals.compare ...", "task": "banking77",
+              "regime": "labeled10pc", "stem": "banking77-labeled10pc", "bank": 770,
+              "title": "t", "items": 10, "rows": rows, "seed_summary": [], "plots": [str(png)]}
+    render_report(record, tmp_path / "results.md")
+    saved = json.loads((tmp_path / "results" / "banking77-labeled10pc.json").read_text())
+    assert saved["regime"] == "labeled10pc" and saved["bank"] == 770
+    by_key = {(r["model"], r["run"], r["program"]): r for r in saved["rows"]}
+    trained = by_key[("ophsd", "run", "none")]
+    assert trained == {"model": "ophsd", "run": "run", "seed": 0, "program": "none",
+                       "score": 0.45, "ci": [0.35, 0.55], "n": 10, "train_examples": 512,
+                       "train_s": 300.0, "lift_capture": pytest.approx(0.8)}
+    assert by_key[("knn", None, "none")]["knn"] == "knn-vote k=10"
+    assert by_key[("base", None, "draft_verify")]["lift_capture"] is None
+    assert "<!-- begin banking77-labeled10pc -->" in (tmp_path / "results.md").read_text()
+
+
+def test_a_run_started_from_another_runs_adapter_reports_both_costs(tmp_path):
+    sft = make_run(tmp_path / "sft", 0, [1.0, 0.9])
+    ophsd = make_run(tmp_path / "ophsd", 0, [0.5, 0.4, 0.3])
+    config = json.loads((ophsd / "config.json").read_text())
+    config["init_adapter"] = str(sft / "final_adapter")
+    (ophsd / "config.json").write_text(json.dumps(config))
+    compute = run_compute(ophsd)
+    assert compute["steps"] == 5 and compute["examples"] == 20
+    assert compute["train_wall_s"] == pytest.approx(7.5) and compute["init_from"] == str(sft)

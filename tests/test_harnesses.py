@@ -66,7 +66,7 @@ def test_bare_is_the_student_prompt(task):
 
 
 def test_draft_agreeing_with_vote_skips_verify(task, bank):
-    program = build_harness("draft_verify", task, index=bank)
+    program = build_harness("draft_verify", task, index=bank, verify="disagree")
     example = ex("my card has not arrived", id_="x")
     pred, tr, lm = run(program, example, lambda m: " card_arrival")
     assert len(lm.requests) == 1 and tr.step_names() == ["draft"]
@@ -79,7 +79,7 @@ def test_draft_agreeing_with_vote_skips_verify(task, bank):
 
 
 def test_disagreeing_draft_is_verified_with_candidates_by_similarity(task, bank):
-    program = build_harness("draft_verify", task, index=bank)
+    program = build_harness("draft_verify", task, index=bank, verify="disagree")
     example = ex("my card has not arrived", id_="x")
 
     def respond(messages):
@@ -266,3 +266,20 @@ def test_plan_solve_hides_plan_results_from_the_solve_step(tmp_path, monkeypatch
                    if m[-1]["content"].startswith("Plan:") else "The answer is \\boxed{6}.")
     assert "2 * 3 = 6" in lm.requests[0][0]["content"]  # the plan step reads the reference
     assert "Follow this plan:\n1. Multiply 2 * 3 = ?.\n2. Answer ?." in lm.requests[1][0]["content"]
+
+
+def test_default_draft_lists_three_precedents_most_similar_next_to_the_message(task, bank):
+    """SmolLM2 copies the label nearest the message (0.743 vs 0.663 first, 770-label bank):
+    the default lists k=3 precedents in ascending similarity and does not verify."""
+    program = build_harness("draft_verify", task, index=bank)
+    example = ex("my card has not arrived", id_="x")
+    _, tr, lm = run(program, example, lambda m: " exchange_rate")  # disagrees: still no verify
+    assert tr.step_names() == ["draft"]
+    shown = [line.removeprefix("Message: ") for line in lm.requests[0][0]["content"].splitlines()
+             if line.startswith("Message: ")][:-1]  # the last Message: is the question
+    nearest = [p.text for p in bank.search(example.question, 3, exclude_ids=["x"])]
+    assert shown == nearest[::-1] and len(shown) == 3
+    flipped = build_harness("draft_verify", task, index=bank, order="similar_first")
+    _, _, lm = run(flipped, example, lambda m: " card_arrival")
+    assert [line.removeprefix("Message: ") for line in lm.requests[0][0]["content"].splitlines()
+            if line.startswith("Message: ")][:-1] == nearest

@@ -560,3 +560,17 @@ def test_hub_fallback_without_datasets_is_clear(monkeypatch):
         GSM8KTask(None).load("test")
     with pytest.raises(DataUnavailableError, match="SCAFFOLD_DATA"):
         LawBench33Task(None)
+
+
+def test_user_classification_reads_tsv_files_without_quoting(tmp_path, monkeypatch):
+    """HWU64 and CLINC150 ship as text<TAB>label files whose texts hold bare quotes."""
+    from evals.tasks import get_task
+
+    (tmp_path / "train.tsv").write_text('text\tlabel\nwake me up at "six"\talarm_set\n'
+                                        "what's the weather\tweather_query\n")
+    (tmp_path / "test.tsv").write_text("text\tlabel\nset an alarm\talarm_set\n")
+    monkeypatch.chdir(tmp_path)
+    task = get_task("classification:train.tsv,test.tsv")
+    train = task.load("train")
+    assert [ex.question for ex in train] == ['wake me up at "six"', "what's the weather"]
+    assert task.labels == ["alarm_set", "weather_query"] and train[1].meta["line"] == 3

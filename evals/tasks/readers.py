@@ -1,4 +1,4 @@
-"""Row readers for CSV, JSONL and JSON-list files that remember each row's 1-based line.
+"""Row readers for CSV, TSV, JSONL and JSON-list files that remember each row's 1-based line.
 
 Every row carries its `source` (a display name such as "gsm8k train.jsonl") and
 the line it starts on, so a malformed row is reported as
@@ -17,7 +17,7 @@ from typing import Any
 
 from evals.tasks.errors import TaskDataError
 
-READABLE_SUFFIXES = (".csv", ".jsonl", ".json")
+READABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
 class RowProblem(Exception):
@@ -62,8 +62,8 @@ def read_rows(path: Path, source: str, bad: BadRows) -> Iterator[Row]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"{source}: no such file: {path}")
-    if suffix == ".csv":
-        return _csv_rows(path, source, bad)
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(path, source, bad, delimiter="\t" if suffix == ".tsv" else ",")
     if suffix == ".jsonl":
         return _jsonl_rows(path, source, bad)
     return _json_list_rows(path, source, bad)
@@ -74,9 +74,11 @@ def records_to_rows(records: Iterable[dict[str, Any]], source: str) -> list[Row]
     return [Row(source, i + 1, i, dict(r)) for i, r in enumerate(records)]
 
 
-def _csv_rows(path: Path, source: str, bad: BadRows) -> Iterator[Row]:
+def _csv_rows(path: Path, source: str, bad: BadRows, delimiter: str = ",") -> Iterator[Row]:
     with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+        # TSV files (HWU64, CLINC150 as benchmark suites ship them) quote nothing
+        reader = csv.reader(f, delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         header = next(reader, None)
         if header is None:
             return
