@@ -198,7 +198,8 @@ def _normalize(config: dict) -> dict:
 class RunDir:
     """A run folder (see the module docstring). ``resume=True`` continues a run with the same
     config (keys in `resumable_keys` may differ and are updated); ``resume=False`` refuses a
-    folder that already holds a run."""
+    folder that already holds a run. `defaults`: the values of config keys a folder made by
+    an older version does not record."""
 
     def __init__(
         self,
@@ -207,6 +208,7 @@ class RunDir:
         resume: bool = True,
         resumable_keys: Iterable[str] = RESUMABLE_KEYS,
         keep_last: int | None = None,
+        defaults: dict | None = None,
     ) -> None:
         self.path = Path(path)
         self.keep_last = keep_last
@@ -220,6 +222,8 @@ class RunDir:
                     "or delete the folder"
                 )
             stored = json.loads(config_path.read_text(encoding="utf-8"))
+            # a key added to the config after the run was made stands at its default there
+            stored = {**_normalize(defaults or {}), **stored}
             safe = set(resumable_keys)
             differing = sorted(
                 k

@@ -3,23 +3,25 @@
 # labelled examples per class = 770, the other 8,233 train questions unlabelled), end to
 # end; every run resumes where it stopped, so rerun the script after an interruption:
 #   bash scripts/banking77_scarce_report.sh
-# 1. OPHSD on the pool, the bank as precedents and 8 gold answers a step beside it
-#    (configs/banking77_scarce.yaml, 64 steps);
-# 2. the sceptic's baselines on the same bank: SFT on the 770 gold labels for 2 and 4
-#    epochs (48 and 96 steps of 32);
-# 3. evals.compare on 300 held-out items with the same bank: base, base + draft_verify,
+# 1. gold SFT on the 770 (48 steps of 32, 2 epochs): the SFT baseline row, and stage 1
+#    of the recipe (configs/banking77_scarce_sft.yaml);
+# 2. OPHSD from that adapter on the pool, the bank as precedents and 8 gold answers a step
+#    beside it (configs/banking77_scarce.yaml, 48 steps);
+# 3. the ablation: OPHSD from the base model (no SFT stage), 64 steps, compared at step 48 (the run was stopped at 53 by a machine restart);
+# 4. evals.compare on 300 held-out items with the same bank: base, base + draft_verify,
 #    each run with and without the harness, the kNN vote over the bank; writes the
 #    banking77-labeled10pc section of docs/results.md, docs/results/banking77-labeled10pc.json
 #    and docs/figures/banking77-labeled10pc-*.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-CFG=(--config configs/banking77_scarce.yaml)
-SFT=("${CFG[@]}" --method gold_sft --gold-batch-size 0 --eval-every 0 --eval-limit 0)
 
-$PY -m distill.run "${CFG[@]}"
-$PY -m distill.run "${SFT[@]}" --steps 48 --out runs/b77-scarce-gold_sft-48
-$PY -m distill.run "${SFT[@]}" --steps 96 --out runs/b77-scarce-gold_sft-96
+$PY -m distill.run --config configs/banking77_scarce_sft.yaml
+$PY -m distill.run --config configs/banking77_scarce.yaml
+$PY -m distill.run --program draft_verify --task banking77 --method ophsd \
+    --labeled-per-class 10 --gold-batch-size 8 --steps 64 --eval-every 16 --eval-limit 300 \
+    --on-policy-fraction 0.25 --temperature 0.5 --teacher live --checkpoint-every 8 \
+    --out runs/b77-scarce-ophsd
 $PY -m evals.compare --task banking77 --program draft_verify --limit 300 --labeled-per-class 10 \
-    --runs runs/b77-scarce-ophsd runs/b77-scarce-gold_sft-48 runs/b77-scarce-gold_sft-96 \
+    --runs runs/b77-scarce-gold-sft runs/b77-scarce-ophsd-sft-init runs/b77-scarce-ophsd/checkpoints/step_000048/adapter \
     --report docs/results.md --notes docs/notes/banking77-labeled10pc.md

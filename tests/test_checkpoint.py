@@ -276,3 +276,10 @@ def test_a_step_without_pairs_keeps_the_run_resumable(tiny_model_dir, tmp_path, 
     fake_run.cfg = RunConfig(**{**cfg.to_dict(), "steps": 4})
     run_mod.train(fake_run, resumed, RunDir(tmp_path, fake_run.cfg.to_dict()), data)
     assert resumed.step == 4 and [r["step"] for r in run_dir.metrics()] == [1, 2, 3, 4]
+
+
+def test_a_config_key_added_later_resumes_at_its_default(tmp_path):
+    RunDir(tmp_path / "run", {"lr": 1e-4, "steps": 10})  # made before "warmup" existed
+    RunDir(tmp_path / "run", {"lr": 1e-4, "steps": 10, "warmup": 0}, defaults={"warmup": 0})
+    with pytest.raises(RunConfigMismatch, match="warmup"):
+        RunDir(tmp_path / "run", {"lr": 1e-4, "steps": 10, "warmup": 3}, defaults={"warmup": 0})

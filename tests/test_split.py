@@ -173,14 +173,43 @@ def test_gold_warmup_steps_train_the_bank_first_then_the_pool(monkeypatch, tmp_p
                       "--gold-warmup-steps", "2", "--checkpoint-every", "100",
                       "--lr-schedule", "constant"])
     trainer = SimpleNamespace(step=0, skip_step=lambda: None)
+    synced = []
     fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
-                               teacher_scorer="vllm", sync=lambda trainer, step: None)
+                               teacher_scorer="vllm",
+                               sync=lambda trainer, step: synced.append(step))
     run_dir = RunDir(tmp_path, cfg.to_dict())
     monkeypatch.setattr(run_dir, "save_checkpoint", lambda *a, **k: None)
     monkeypatch.setattr(run_dir, "restore", lambda trainer: None)
     run_mod.train(fake_run, trainer, run_dir, split.pool, split.bank)
     assert [(len(e), len(g)) for e, g in seen] == [(0, 3), (0, 3), (3, 1), (3, 1)]
+    # the policy is synced only before a step that reads it: none after gold step 1
+    assert synced == [2, 3, 4]
     pool_order, _ = DataCursor().take(len(split.pool), 3, cfg.seed)
     assert seen[2][0] == [split.pool[i].id for i in pool_order]
     bank_ids = {e.id for e in split.bank}
     assert all(set(g) <= bank_ids for _, g in seen)
+
+
+def test_gold_sft_syncs_the_policy_only_for_evaluations_and_the_end(monkeypatch, tmp_path):
+    """gold_sft never reads the served policy while it trains: a sync per step would be
+    3 s of 37 spent on nothing; it syncs before each curve evaluation and at the end."""
+    import distill.run as run_mod
+    from distill.checkpoint import RunDir
+    from distill.loop import StepInputs
+
+    monkeypatch.setattr(run_mod, "collect", lambda run, step, examples, gold=(): StepInputs())
+    monkeypatch.setattr(run_mod, "curve_point", lambda run: {"eval_score": 0.0})
+    train = toy_train()
+    cfg = parse_args(["--method", "gold_sft", "--steps", "6", "--batch-size", "2",
+                      "--eval-every", "2", "--checkpoint-every", "100",
+                      "--lr-schedule", "constant"])
+    synced = []
+    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
+                               teacher_scorer="trainer",
+                               sync=lambda trainer, step: synced.append(step))
+    run_dir = RunDir(tmp_path, cfg.to_dict())
+    monkeypatch.setattr(run_dir, "save_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(run_dir, "restore", lambda trainer: None)
+    run_mod.train(fake_run, SimpleNamespace(step=0, skip_step=lambda: None), run_dir, train)
+    assert synced == [2, 4, 6]
+    assert [r["step"] for r in run_dir.metrics() if "eval_score" in r] == [2, 4]
