@@ -241,6 +241,10 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                     f"{cfg.lora_r}: pass --lora-r {rank}")
     if cfg.eval_every < 0:
         p.error("--eval-every must be >= 0")
+    if cfg.eval_every and cfg.eval_limit <= 0:
+        # held_out(limit=0) is the whole test split: 3,080 BANKING77 items, 25 min a point
+        p.error(f"--eval-every {cfg.eval_every} evaluates --eval-limit items, which is "
+                f"{cfg.eval_limit}: pass --eval-limit N (e.g. 300) or --eval-every 0")
     if (cfg.labeled_per_class or cfg.labeled) and cfg.harness.get("reference_in_plan") \
             and cfg.method == "ophsd":
         p.error("reference_in_plan reads a reference solution, which the unlabelled pool "

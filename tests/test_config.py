@@ -38,3 +38,11 @@ def test_label_scarce_and_scorer_flags(capsys):
     assert resolve_teacher_scorer("auto", "live", answer_space=False) == "trainer"
     with pytest.raises(ValueError, match="answer space"):
         resolve_teacher_scorer("server", "live", answer_space=False)
+
+
+def test_a_curve_needs_a_number_of_items(capsys):
+    """--eval-limit 0 means "no final table"; a curve over it would be the whole test split
+    (3,080 BANKING77 items, 25 min a point), so the pair is refused up front."""
+    err = error_of(["--eval-every", "16", "--eval-limit", "0"], capsys)
+    assert "--eval-limit N" in err and "--eval-every 0" in err
+    assert parse_args(["--eval-every", "16", "--eval-limit", "300"]).eval_every == 16
