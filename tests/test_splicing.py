@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -141,17 +138,13 @@ def test_check_prompt_render():
     assert err.value.position == 3 and "3 local vs 4 server" in str(err.value)
 
 
-MODEL_DIR = Path("/root/.cache/scaffold/models/smollm2-135m-instruct")
-
-
-@pytest.mark.skipif(not MODEL_DIR.exists(), reason="bundled SmolLM2 not converted")
-def test_real_tokenizer_splice():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+@pytest.mark.integration  # converts the bundled SmolLM2 on a fresh machine (never skips)
+def test_real_tokenizer_splice(smollm2_path):
     from transformers import AutoTokenizer
 
     from scaffold.chat import render_ids
 
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
     question = "Classify the banking query: my new card has still not arrived"
     prefill = {"role": "assistant", "content": "Label:"}
     student_prompt = render_ids(tok, [{"role": "user", "content": question}, prefill])
