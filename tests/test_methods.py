@@ -194,24 +194,11 @@ def test_collect_samples_only_the_examples_it_trains_on_policy(monkeypatch):
     """ophsd with a 1/4 on-policy share asks the server for rollouts of those examples only,
     stopping label answers at the line end; the others train on the harness's own answer."""
     import distill.loop as loop
-    from scaffold.executor import ExampleResult
-    from scaffold.trace import LMCall, Trace
 
     tok, task = SizedCharTokenizer(), label_task_with_prompt()
     examples = [Example(f"e{i}", f"question {i}", "card_arrival") for i in range(40)]
 
-    def fake_run_program(program, exs, **kw):
-        out = []
-        for ex in exs:
-            request = [{"role": "user", "content": f"precedents...\n{ex.question}"},
-                       {"role": "assistant", "content": "Label:"}]
-            call = LMCall("Draft", request, " card_arrival\nmore", 5, 5, 0.0, {}, "policy",
-                          completion_token_ids=tok.encode(" card_arrival\nmore"))
-            out.append(ExampleResult(ex, SimpleNamespace(completion=" card_arrival"),
-                                     Trace(ex.id, "draft_verify", calls=[call])))
-        return out
-
-    monkeypatch.setattr(loop, "run_program", fake_run_program)
+    monkeypatch.setattr(loop, "run_program", fake_harness_runner(tok, " card_arrival\nmore"))
     cfg = RunConfig(method="ophsd", on_policy_fraction=0.25, seed=1, concurrency=4)
     client = RecordingClient()
     ctx = SimpleNamespace(cfg=cfg, task=task, tokenizer=tok, harness=None, client=client,
@@ -283,3 +270,23 @@ def test_a_teacher_that_reads_the_reference_only_scores_the_students_own_rollout
         assert "reference_in_plan" in capsys.readouterr().err
     assert parse_args([*leaky, "--on-policy-fraction", "1"]).on_policy_fraction == 1.0
     assert parse_args(["--config", "configs/gsm8k_qwen.yaml"]).harness == {"reference_in_plan": True}
+
+
+def fake_harness_runner(tok, completion: str):
+    """A stand-in for `scaffold.executor.run_program`: each item's harness makes one Draft
+    call whose request ends in the "Label:" prefill and whose completion is `completion`."""
+    from scaffold.executor import ExampleResult
+    from scaffold.trace import LMCall, Trace
+
+    def run_program(program, items, **kw):
+        out = []
+        for item in items:
+            request = [{"role": "user", "content": f"precedents...\n{item.question}"},
+                       {"role": "assistant", "content": "Label:"}]
+            call = LMCall("Draft", request, completion, 5, 5, 0.0, {}, "policy",
+                          completion_token_ids=tok.encode(completion))
+            out.append(ExampleResult(item, SimpleNamespace(completion=" card_arrival"),
+                                     Trace(item.id, "draft_verify", calls=[call])))
+        return out
+
+    return run_program

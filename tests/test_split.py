@@ -11,7 +11,12 @@ from distill.config import RunConfig, parse_args
 from distill.run import training_data
 from evals.split import split_train
 from scaffold.types import Example, Question
-from tests.test_methods import RecordingClient, SizedCharTokenizer, label_task_with_prompt
+from tests.test_methods import (
+    RecordingClient,
+    SizedCharTokenizer,
+    fake_harness_runner,
+    label_task_with_prompt,
+)
 
 
 class ToyTask:
@@ -90,25 +95,12 @@ def test_an_ophsd_step_on_pool_questions_never_reads_an_answer(monkeypatch):
     """The whole step (harness, rollouts, grading counters, pairs, gold pairs from the bank)
     runs on Questions, which have no answer attribute: reading one would raise."""
     import distill.loop as loop
-    from scaffold.executor import ExampleResult
-    from scaffold.trace import LMCall, Trace
 
     tok, task = SizedCharTokenizer(), label_task_with_prompt()
     pool = [Question(f"p{i}", f"question {i}") for i in range(12)]
     bank = [Example("b0", "a labelled one", "card_arrival")]
 
-    def fake_run_program(program, items, **kw):
-        out = []
-        for q in items:
-            request = [{"role": "user", "content": f"precedents...\n{q.question}"},
-                       {"role": "assistant", "content": "Label:"}]
-            call = LMCall("Draft", request, " card_arrival\n", 5, 5, 0.0, {}, "policy",
-                          completion_token_ids=tok.encode(" card_arrival\n"))
-            out.append(ExampleResult(q, SimpleNamespace(completion=" card_arrival"),
-                                     Trace(q.id, "draft_verify", calls=[call])))
-        return out
-
-    monkeypatch.setattr(loop, "run_program", fake_run_program)
+    monkeypatch.setattr(loop, "run_program", fake_harness_runner(tok, " card_arrival\n"))
     cfg = RunConfig(method="ophsd", on_policy_fraction=0.5, seed=1, concurrency=4)
     ctx = SimpleNamespace(cfg=cfg, task=task, tokenizer=tok, harness=None,
                           client=RecordingClient(), policy_name="policy", max_new_tokens=24,
@@ -152,12 +144,30 @@ def test_the_server_scores_only_positions_with_a_choice():
     assert out.counts["teacher_requests"] == 2 and out.counts["teacher_scored_positions"] == 3
 
 
+def train_on_fakes(monkeypatch, tmp_path, cfg: RunConfig, train_set, gold_set=()):
+    """distill.run.train with nothing real under it (collect is the caller's fake): returns
+    the steps the policy was synced at and the run folder."""
+    import distill.run as run_mod
+    from distill.checkpoint import RunDir
+
+    synced: list[int] = []
+    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
+                               teacher_scorer="vllm" if cfg.method == "ophsd" else "trainer",
+                               sync=lambda trainer, step: synced.append(step))
+    run_dir = RunDir(tmp_path, cfg.to_dict())
+    monkeypatch.setattr(run_dir, "save_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(run_dir, "restore", lambda trainer: None)
+    run_mod.train(fake_run, SimpleNamespace(step=0, skip_step=lambda: None), run_dir,
+                  train_set, gold_set)
+    return synced, run_dir
+
+
 def test_gold_warmup_steps_train_the_bank_first_then_the_pool(monkeypatch, tmp_path):
     """--gold-warmup-steps 2: steps 1-2 take batch_size gold examples and no pool questions;
     then each step takes batch_size pool questions and gold_batch_size gold examples, the
     pool's order untouched by the warm-up."""
     import distill.run as run_mod
-    from distill.checkpoint import DataCursor, RunDir
+    from distill.checkpoint import DataCursor
     from distill.loop import StepInputs
 
     seen = []
@@ -172,15 +182,7 @@ def test_gold_warmup_steps_train_the_bank_first_then_the_pool(monkeypatch, tmp_p
     cfg = parse_args(["--steps", "4", "--batch-size", "3", "--gold-batch-size", "1",
                       "--gold-warmup-steps", "2", "--checkpoint-every", "100",
                       "--lr-schedule", "constant"])
-    trainer = SimpleNamespace(step=0, skip_step=lambda: None)
-    synced = []
-    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
-                               teacher_scorer="vllm",
-                               sync=lambda trainer, step: synced.append(step))
-    run_dir = RunDir(tmp_path, cfg.to_dict())
-    monkeypatch.setattr(run_dir, "save_checkpoint", lambda *a, **k: None)
-    monkeypatch.setattr(run_dir, "restore", lambda trainer: None)
-    run_mod.train(fake_run, trainer, run_dir, split.pool, split.bank)
+    synced, _ = train_on_fakes(monkeypatch, tmp_path, cfg, split.pool, split.bank)
     assert [(len(e), len(g)) for e, g in seen] == [(0, 3), (0, 3), (3, 1), (3, 1)]
     # the policy is synced only before a step that reads it: none after gold step 1
     assert synced == [2, 3, 4]
@@ -194,7 +196,6 @@ def test_gold_sft_syncs_the_policy_only_for_evaluations_and_the_end(monkeypatch,
     """gold_sft never reads the served policy while it trains: a sync per step would be
     3 s of 37 spent on nothing; it syncs before each curve evaluation and at the end."""
     import distill.run as run_mod
-    from distill.checkpoint import RunDir
     from distill.loop import StepInputs
 
     monkeypatch.setattr(run_mod, "collect", lambda run, step, examples, gold=(): StepInputs())
@@ -203,13 +204,6 @@ def test_gold_sft_syncs_the_policy_only_for_evaluations_and_the_end(monkeypatch,
     cfg = parse_args(["--method", "gold_sft", "--steps", "6", "--batch-size", "2",
                       "--eval-every", "2", "--checkpoint-every", "100",
                       "--lr-schedule", "constant"])
-    synced = []
-    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
-                               teacher_scorer="trainer",
-                               sync=lambda trainer, step: synced.append(step))
-    run_dir = RunDir(tmp_path, cfg.to_dict())
-    monkeypatch.setattr(run_dir, "save_checkpoint", lambda *a, **k: None)
-    monkeypatch.setattr(run_dir, "restore", lambda trainer: None)
-    run_mod.train(fake_run, SimpleNamespace(step=0, skip_step=lambda: None), run_dir, train)
+    synced, run_dir = train_on_fakes(monkeypatch, tmp_path, cfg, train)
     assert synced == [2, 4, 6]
     assert [r["step"] for r in run_dir.metrics() if "eval_score" in r] == [2, 4]
