@@ -311,9 +311,15 @@ def run_trl(args: argparse.Namespace) -> dict:
         target_modules=lora_target_modules(model, "all-linear"),
     )
     R = args.response_tokens
+    trl_micro = args.trl_micro_batch or args.batch
+    if args.batch % trl_micro:
+        raise SystemExit(f"--trl-micro-batch {trl_micro} must divide --batch {args.batch}")
     config = SDFTConfig(
         output_dir=tempfile.mkdtemp(prefix="sdft-bench-"),
-        per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        # the same examples per optimizer step as ours, in micro-batches: at 32 label-shape
+        # examples in one batch TRL's full-vocabulary logits were OOM-killed at 24 GB
+        per_device_train_batch_size=trl_micro,
+        gradient_accumulation_steps=args.batch // trl_micro,
         num_generations=1, max_steps=total_steps, shuffle_dataset=False, seed=0,
         learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         optim="adamw_torch", max_grad_norm=1.0,
@@ -335,7 +341,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     trainer = SDFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, peft_config=peft_config)
 
-    clock = {"gen": 0.0, "teacher": 0.0, "train_step": 0.0, "prompt_lens": None, "comp_lens": []}
+    clock = {"gen": 0.0, "teacher": 0.0, "train_step": 0.0, "prompt_lens": [], "comp_lens": []}
     steps: list[dict] = []
 
     generate, forward_logits, training_step = (
@@ -345,8 +351,8 @@ def run_trl(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         out = generate(prompt_ids)
         clock["gen"] += time.perf_counter() - t0
-        clock["prompt_lens"] = [len(p) for p in prompt_ids]
-        clock["comp_lens"] = [len(c) for c in out[1]]
+        clock["prompt_lens"] += [len(p) for p in prompt_ids]  # one call per micro-batch
+        clock["comp_lens"] += [len(c) for c in out[1]]
         return out
 
     def timed_forward_logits(model, input_ids, attention_mask, logits_to_keep):
@@ -372,6 +378,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         def on_step_begin(self, args_, state, control, **kw):
             for key in ("gen", "teacher", "train_step"):
                 clock[key] = 0.0
+            clock["prompt_lens"], clock["comp_lens"] = [], []
             clock["t0"] = time.perf_counter()
 
         def on_step_end(self, args_, state, control, **kw):
@@ -392,7 +399,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = sum(clock["comp_lens"])
     return {
-        "side": "trl", "trl_version": trl.__version__, "micro_batch": args.batch,
+        "side": "trl", "trl_version": trl.__version__, "micro_batch": trl_micro,
         "dtype": str(dtype), "threads": torch.get_num_threads(),
         "student_prompt_tokens": clock["prompt_lens"],
         "teacher_prompt_tokens_max": clock.get("teacher_prompt_len"),
@@ -427,6 +434,8 @@ def _spawn(args: argparse.Namespace, worker: str) -> dict:
            "--batch", str(args.batch), "--response-tokens", str(args.response_tokens)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
+    if args.trl_micro_batch:
+        cmd += ["--trl-micro-batch", str(args.trl_micro_batch)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -534,6 +543,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="examples per step (label 32, long 4)")
     p.add_argument("--micro-batch", type=int, nargs="+", default=[8],
                    help="our micro_batch_size(s), one subprocess each (the peer uses --batch)")
+    p.add_argument("--trl-micro-batch", type=int, default=None,
+                   help="TRL: per-device batch, the rest by gradient accumulation (default: "
+                        "the whole --batch in one)")
     p.add_argument("--side", choices=("all", "ours", "ours-trainer", "ours-server", "trl"),
                    default="all", help="ours: both of our teacher scorers")
     p.add_argument("--gradient-checkpointing", action="store_true",

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from scaffold.errors import ScaffoldError
+
 if TYPE_CHECKING:
     from distill.trainer import DistillTrainer
 
@@ -57,7 +59,19 @@ _RESERVED = ("step", "path", "time")
 _MISSING = object()
 
 
-class RunConfigMismatch(ValueError):
+# The only non-tensor objects in state.pt: numpy's RNG state (an array of uint32). Loading
+# with weights_only=True and these allowed means a foreign run folder cannot run code.
+_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+_STATE_GLOBALS = [_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype,
+                  type(np.dtype(np.uint32))]
+LOCK_FILE = ".lock"
+
+
+class RunDirBusy(ScaffoldError, RuntimeError):
+    """Another live process holds the run folder."""
+
+
+class RunConfigMismatch(ScaffoldError, ValueError):
     """The run folder holds a run with a different config."""
 
 
@@ -114,6 +128,33 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_HELD_LOCKS: dict[Path, int] = {}  # run folders this process holds: reopening one is a resume
+
+
+def _lock_folder(path: Path) -> int:
+    """Hold an exclusive lock on PATH/.lock for this process's lifetime (the kernel drops it
+    when the process dies, SIGKILL included): two runs writing one folder interleave their
+    checkpoints and metrics (two resumes of one folder both restored step 48 and both
+    started a server before anything stopped them)."""
+    import fcntl
+
+    key = path.resolve()
+    if key in _HELD_LOCKS:
+        return _HELD_LOCKS[key]
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirBusy(f"{path} is in use by PID {holder}: wait for it, stop it, or pick a "
+                         "new --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[key] = fd
+    return fd
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -213,6 +254,7 @@ class RunDir:
         self.path = Path(path)
         self.keep_last = keep_last
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(self.path)
         self.config = _normalize(config)
         config_path = self.path / CONFIG_FILE
         if config_path.exists():
@@ -246,6 +288,9 @@ class RunDir:
             _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
         for name in (METRICS_FILE, CHECKPOINTS_FILE):
             _cut_torn_tail(self.path / name)
+        # a checkpoint a killed run was writing: never committed, and the lock says nobody is
+        for stale in (self.path / CHECKPOINTS_DIR).glob(".tmp_step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     # ---------------------------------------------------------------- metrics
 
@@ -300,7 +345,7 @@ class RunDir:
     def latest_checkpoint(self) -> dict | None:
         """The last committed checkpoint whose folder is complete, or None."""
         for row in reversed(self.checkpoints()):
-            folder = self.path / row["path"]
+            folder = self._inside(row["path"])
             if _is_complete(folder):
                 return row
             log.warning("checkpoint %s is listed but incomplete; skipping it", folder)
@@ -313,16 +358,25 @@ class RunDir:
         self._truncate_metrics(after_step=row["step"] if row else None)
         if row is None:
             return None
-        folder = self.path / row["path"]
+        folder = self._inside(row["path"])
         trainer.load_adapter(folder / ADAPTER_DIR)
-        # our own file, written by save_checkpoint: it holds numpy RNG state, so not weights_only
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_STATE_GLOBALS):
+            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
         trainer.load_resume_state(state)
         if trainer.step != row["step"]:
             raise RuntimeError(f"{folder}: state step {trainer.step} != listed step {row['step']}")
         return {k: v for k, v in row.items() if k not in _RESERVED}
 
     # ---------------------------------------------------------------- internals
+
+    def _inside(self, listed: str) -> Path:
+        """A checkpoint path read from checkpoints.jsonl, refused unless it lies inside the
+        run folder (a foreign checkpoints.jsonl must not point the loader elsewhere)."""
+        folder = (self.path / listed).resolve()
+        if not folder.is_relative_to(self.path.resolve()):
+            raise RunConfigMismatch(f"{self.path / CHECKPOINTS_FILE}: checkpoint path {listed!r} lies "
+                             "outside the run folder; refusing to load it")
+        return folder
 
     def _truncate_metrics(self, after_step: int | None) -> None:
         """Keep rows up to the checkpoint's step (rows without a step are kept); with no
@@ -344,8 +398,8 @@ class RunDir:
             return
         rows = self.checkpoints()
         for row in rows[: -self.keep_last]:
-            folder = self.path / row["path"]
-            if folder != keep and folder.exists():
+            folder = self._inside(row["path"])
+            if folder != keep.resolve() and folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -16,98 +16,117 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from scaffold.errors import ScaffoldError
+
 METHODS = ("ophsd", "opsd", "sft", "gold_sft", "ssopd")
+TEACHER_SCORERS = ("auto", "server", "trainer")
+LOSSES = ("reverse_kl", "forward_kl", "jsd", "topk_reverse_kl", "sampled_token")
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+    """A RunConfig field with its --help text (and choices), like TRL's config fields."""
+    meta: dict[str, Any] = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    program: str = "draft_verify"  # the harness (ophsd teacher, sft data source)
-    task: str = "banking77"
-    model: str = "smollm2-135m-instruct"
-    method: str = "ophsd"  # ophsd | opsd | ssopd | sft | gold_sft
-    steps: int = 16
-    batch_size: int = 32  # examples per optimizer step
-    rollouts: int = 1  # student samples per example (ssopd: the group size G, >= 2)
-    # ophsd: the share of examples trained on the student's own rollouts; the rest train on
-    # the harness's own answer, scored by the teacher along the path it produced (GKD's
-    # lambda). 1.0 is pure on-policy. On BANKING77 pure on-policy taught SmolLM2 to invent
-    # label names: after a student's made-up first tokens the teacher happily ends the line.
-    # 0.25 (the demo and configs/banking77_full.yaml) fixed that; 1.0 is DESIGN's pure form.
-    on_policy_fraction: float = 0.25
-    micro_batch_size: int = 8
-    # LoRA lr. 1e-3 with forward KL and the answer space trains SmolLM2 on BANKING77 without
-    # trouble (configs/banking77_full.yaml); 5e-4 with reverse KL at batch 8 and no answer
-    # space collapsed it within 4 steps.
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # constant | cosine | linear (decay over --steps)
-    warmup_steps: int = 2
-    min_lr_ratio: float = 0.1  # cosine/linear: the lr at the last step, as a share of --lr
-    # auto | reverse_kl | forward_kl | jsd | topk_reverse_kl | sampled_token. "auto" is
-    # forward KL for label tasks and reverse KL (DESIGN's default) otherwise: on BANKING77 the
-    # mode-seeking reverse KL taught SmolLM2 to hedge on a token every teacher context gives
-    # some mass (" [", then the literal "<label>"), never a real label; see resolve_loss.
-    loss: str = "auto"
-    beta: float = 0.5  # jsd
-    top_k: int | None = None  # topk_reverse_kl
-    # Student rollout temperature. Below 1 keeps rollouts near the student's own mode: at
-    # 1.0 SmolLM2's flat first-token distribution on BANKING77 made most rollouts junk,
+    program: str = opt("draft_verify", "the harness: the OPHSD teacher's context, SFT's data "
+                       "source; a built-in (none, draft_verify, plan_solve, self_consistency) "
+                       "or your own as package.module:Name")
+    task: str = opt("banking77", "a built-in (banking77, lawbench-3-3, gsm8k, math500), user "
+                    "data (classification:TRAIN,TEST or math:TRAIN,TEST), or a Task from your "
+                    "own code (package.module:factory)")
+    model: str = opt("smollm2-135m-instruct", "bundled model name, HF model folder or hub id")
+    method: str = opt("ophsd", "ophsd: distil the harness on the student's rollouts; opsd: "
+                      "the reference answer as the teacher's context; ssopd: group-relative "
+                      "self-distillation; sft: train on the harness's answers; gold_sft: train "
+                      "on gold labels", METHODS)
+    steps: int = opt(16, "optimizer steps")
+    batch_size: int = opt(32, "examples per optimizer step")
+    rollouts: int = opt(1, "student samples per example (ssopd: the group size G, >= 2)")
+    # On BANKING77 pure on-policy taught SmolLM2 to invent label names: after a student's
+    # made-up first tokens the teacher happily ends the line. 0.25 fixed that.
+    on_policy_fraction: float = opt(0.25, "ophsd: the share of examples trained on the "
+                                    "student's own rollouts; the rest train on the harness's "
+                                    "answer scored by the teacher along it (GKD's lambda). 1.0 "
+                                    "is pure on-policy")
+    micro_batch_size: int = opt(8, "examples per forward/backward (gradient accumulation)")
+    # 1e-3 with forward KL and the answer space trains SmolLM2 on BANKING77 without trouble;
+    # 5e-4 with reverse KL at batch 8 and no answer space collapsed it within 4 steps.
+    lr: float = opt(1e-3, "LoRA learning rate")
+    lr_schedule: str = opt("cosine", "decay over --steps", ("constant", "cosine", "linear"))
+    warmup_steps: int = opt(2, "linear warmup steps")
+    min_lr_ratio: float = opt(0.1, "cosine/linear: the lr at the last step, as a share of --lr")
+    # On BANKING77 the mode-seeking reverse KL taught SmolLM2 to hedge on a token every
+    # teacher context gives some mass (" [", then the literal "<label>"), never a real label.
+    loss: str = opt("auto", "the divergence; auto: forward KL for label tasks, reverse KL "
+                    "otherwise (see resolve_loss)", ("auto", *LOSSES))
+    beta: float = opt(0.5, "jsd: the mixture weight")
+    top_k: int | None = opt(None, "topk_reverse_kl: the teacher's top-k tokens")
+    # At 1.0 SmolLM2's flat first-token distribution on BANKING77 made most rollouts junk,
     # and the teacher's verdicts on junk prefixes taught it to invent label names.
-    temperature: float = 0.5
-    loss_temperature: float = 1.0
-    clip: float | None = None
-    teacher: str = "frozen"  # live | frozen | ema  (weights that score the teacher context)
-    # auto | server | trainer: who computes the teacher's distributions. "server": the vLLM
-    # server that ran the harness scores the answer-space support of every response
-    # position (its prefix cache holds the teacher prompt already), so the trainer runs no
-    # teacher forward; it scores the live policy, so it needs --teacher live and an answer
-    # space. "auto" is server exactly then, trainer otherwise.
-    teacher_scorer: str = "auto"
-    # auto | on | off. "on" restricts the teacher to the task's answers (a token trie of its
-    # labels) and cuts a response after its first token off them; "auto" is on for closed-set
-    # tasks (task.answer_texts()) unless the loss is sampled_token. See distill/answer_space.py.
-    answer_space: str = "auto"
-    teacher_policy: str = "final_request"  # final_request | transcript
-    fallback_weight: float = 0.0  # weight of no-signal examples (0 = skip them)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    # A peft adapter folder (e.g. another run's final_adapter) the LoRA starts from instead
-    # of zeros: OPHSD after SFT on the labelled bank. The served policy starts from it too;
-    # evals.compare adds that run's training compute to this one's.
-    init_adapter: str | None = None
-    max_new_tokens: int | None = None  # default per task kind
-    max_len: int = 2048  # longest student/teacher sequence; longer is a counted skip
-    sync_every: int = 1  # update the served policy every k steps
-    sync: str = "auto"  # auto | lora (hot-load the adapter) | merged (reload merged weights)
-    checkpoint_every: int = 4
-    harness: dict = field(default_factory=dict)  # harness options, e.g. {"verify": "never"}
-    bank_size: int | None = 2000  # precedents from the train split (None or 0: all of it)
-    # The label-scarce regime (evals/split.py): the train split becomes a labelled bank of
-    # this many examples per class (--labeled-per-class) or in all (--labeled, for tasks
-    # without classes) and an unlabelled pool. The bank is the harness's precedents (then
-    # --bank-size is ignored) and the data of the methods that read answers (opsd, ssopd,
-    # sft, gold_sft); ophsd trains on the pool, whose answers it never sees.
-    labeled_per_class: int | None = None
-    labeled: int | None = None
-    split_seed: int = 0  # the bank's draw: the same for every training seed and for compare
-    # Labelled bank examples per step trained on their gold answers (cross-entropy) beside
-    # the batch_size distilled ones: OPHSD using the labels it has.
-    gold_batch_size: int = 0
-    # The first N steps train on gold answers of the labelled bank only (batch_size of them
-    # a step, cross-entropy), then the method proper: SFT on the labels you have, then OPHSD
-    # on the pool, in one run with one lr schedule.
-    gold_warmup_steps: int = 0
-    eval_limit: int = 100  # held-out test items for the final table (0 skips it)
-    # > 0: also evaluate the policy (no harness) on those items every N steps: the curve
-    # benchmarks/time_to_accuracy.py reads (eval_score, eval_s; not counted in step_s)
-    eval_every: int = 0
-    eval_seed: int = 0
-    concurrency: int = 16
-    seed: int = 0
-    seeds: int = 1  # > 1: train this many runs (seed, seed+1, ...) under OUT/seedN
-    api_base: str | None = None  # use this server instead of starting one
-    out: str = "runs/demo"
-    tensorboard: bool = False
-    data_root: str | None = None
+    temperature: float = opt(0.5, "student rollout temperature (below 1 keeps rollouts near "
+                             "the student's mode)")
+    loss_temperature: float = opt(1.0, "softmax temperature of both sides inside the loss")
+    clip: float | None = opt(None, "clip each token's divergence at this value")
+    teacher: str = opt("frozen", "weights that score the teacher context: the live policy, "
+                       "the frozen base, or an EMA of the policy", ("live", "frozen", "ema"))
+    teacher_scorer: str = opt("auto", "who computes the teacher's distributions: the vLLM "
+                              "server that ran the harness (answer-space support, prefix cache "
+                              "warm; needs --teacher live and an answer space) or a teacher "
+                              "forward in the trainer; auto: server exactly then",
+                              TEACHER_SCORERS)
+    answer_space: str = opt("auto", "on: restrict the teacher to the task's answers (a token "
+                            "trie of its labels) and cut a response after its first token off "
+                            "them; auto: on for closed-set tasks unless the loss is "
+                            "sampled_token", ("auto", "on", "off"))
+    teacher_policy: str = opt("final_request", "how a trace becomes the teacher's messages",
+                              ("final_request", "transcript"))
+    fallback_weight: float = opt(0.0, "weight of no-signal examples (0 skips them, counted)")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    init_adapter: str | None = opt(None, "a peft adapter folder (e.g. RUN/final_adapter) the "
+                                   "LoRA and the served policy start from: OPHSD after SFT on "
+                                   "the labelled bank; evals.compare adds that run's compute")
+    max_new_tokens: int | None = opt(None, "rollout length limit (default per task kind)")
+    max_len: int = opt(2048, "longest student/teacher sequence; longer is a counted skip")
+    sync_every: int = opt(1, "update the served policy every k steps")
+    sync: str = opt("auto", "how the served policy follows the trainer: hot-load the adapter "
+                    "(lora) or reload merged weights (merged, fastest on CPU)",
+                    ("auto", "lora", "merged"))
+    checkpoint_every: int = opt(4, "steps between checkpoints (a resume starts at the last)")
+    harness: dict = opt({}, 'harness options as JSON, e.g. \'{"verify": "never"}\'')
+    bank_size: int | None = opt(2000, "precedents from the train split (0: all of it; "
+                                "ignored in the label-scarce regime)")
+    labeled_per_class: int | None = opt(None, "label-scarce regime: a labelled bank of N "
+                                        "examples per class (the harness's precedents, the "
+                                        "gold baselines' data); the rest of the train split is "
+                                        "an unlabelled pool whose answers ophsd never reads")
+    labeled: int | None = opt(None, "label-scarce regime for tasks without classes: a "
+                              "labelled bank of N examples in all")
+    split_seed: int = opt(0, "the bank's draw: keep it the same across training seeds and in "
+                          "evals.compare")
+    gold_batch_size: int = opt(0, "labelled bank examples per step trained on their gold "
+                               "answers (cross-entropy) beside the distilled ones")
+    gold_warmup_steps: int = opt(0, "the first N steps train on gold answers only, then the "
+                                 "method proper, in one run with one lr schedule")
+    eval_limit: int = opt(100, "held-out test items for the final table (0 skips it)")
+    eval_every: int = opt(0, "> 0: also evaluate the policy (no harness) on those items every "
+                          "N steps (the curve benchmarks/time_to_accuracy.py reads)")
+    eval_seed: int = opt(0, "the draw of the held-out items")
+    concurrency: int = opt(16, "requests in flight to the policy server")
+    seed: int = opt(0, "data order and sampling seed")
+    seeds: int = opt(1, "> 1: train this many runs (seed, seed+1, ...) under OUT/seedN")
+    api_base: str | None = opt(None, "use this OpenAI-compatible server instead of starting one")
+    out: str = opt("runs/demo", "the run folder (an existing one is resumed)")
+    tensorboard: bool = opt(False, "also log to OUT/tensorboard")
+    data_root: str | None = opt(None, "folder holding the bundled tasks' data (default: "
+                                "../shared/datasets or $SCAFFOLD_DATA)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,8 +137,6 @@ RESUMABLE = frozenset({"steps", "sync", "seeds", "checkpoint_every", "eval_limit
                        "api_base", "out", "tensorboard", "data_root", "eval_every"})
 
 
-LOSSES = ("reverse_kl", "forward_kl", "jsd", "topk_reverse_kl", "sampled_token")
-TEACHER_SCORERS = ("auto", "server", "trainer")
 READS_ANSWERS = ("opsd", "ssopd", "sft", "gold_sft")  # methods that train on labelled data
 
 
@@ -155,44 +172,78 @@ def resolve_answer_space(setting: str, loss: str, has_answers: bool) -> bool:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
+    """A config file's keys, refused with the file named when a key or a choice is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror}") from None
+    import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    known = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(data) - known)
+    try:
+        data = yaml.safe_load(text) or {} if str(path).endswith((".yaml", ".yml")) else \
+            json.loads(text)
+    except (ValueError, yaml.YAMLError) as e:  # both messages say the line
+        raise ConfigError(f"--config {path}: not valid {Path(path).suffix[1:]}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of RunConfig keys")
+    known = {f.name: f for f in fields(RunConfig)}
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+    for key, value in list(data.items()):
+        choices = known[key].metadata.get("choices")
+        if isinstance(value, bool) and choices and "on" in choices:
+            value = data[key] = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if choices and value not in choices:
+            raise ConfigError(f"{path}: {key}: {value!r} is not one of {', '.join(choices)}")
     return data
 
 
-def parse_args(argv: list[str] | None = None) -> RunConfig:
+class ConfigError(ScaffoldError, ValueError):
+    """A config file that cannot be used; the message names the file and key."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m distill.run`'s flags: one per RunConfig field, with its help, default and
+    choices."""
     defaults = RunConfig()
     p = argparse.ArgumentParser(prog="python -m distill.run",
-                                description="On-policy harness self-distillation.")
+                                description="On-policy harness self-distillation: train the "
+                                "model to do alone what it does inside a harness.")
     p.add_argument("--config", help="JSON or YAML file with RunConfig keys (flags override it)")
     for f in fields(RunConfig):
-        if f.name == "harness":
-            p.add_argument("--harness", type=json.loads, default=None,
-                           help='harness options as JSON, e.g. \'{"verify": "never"}\'')
-            continue
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
-        if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        # default=None so that a flag left out keeps the file's value; help shows the real one
+        common = {"default": None, "help": f"{f.metadata['help']} (default: {value!r})"}
+        if f.name == "harness":
+            p.add_argument(flag, type=json.loads, **common)
+        elif isinstance(value, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
             kind = type(value) if value is not None else (int if f.name in {
                 "top_k", "max_new_tokens", "bank_size", "labeled_per_class", "labeled"} else float if f.name == "clip" else str)
-            p.add_argument(flag, type=kind, default=None)
+            p.add_argument(flag, type=kind, choices=f.metadata.get("choices"), **common)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    from harnesses import ProgramSpecError, load_program
+
+    p = build_parser()
     args = p.parse_args(argv)
-    values = defaults.to_dict()
+    values = RunConfig().to_dict()
     if args.config:
-        values.update(load_file(args.config))
+        try:
+            values.update(load_file(args.config))
+        except ConfigError as e:
+            p.error(str(e))
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
     cfg = RunConfig(**values)
+    try:
+        load_program(cfg.program)
+    except ProgramSpecError as e:
+        p.error(f"--program {e}")
     if cfg.method not in METHODS:
         p.error(f"--method must be one of {METHODS}")
     if not 0.0 <= cfg.on_policy_fraction <= 1.0:
@@ -239,6 +290,13 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         if rank != cfg.lora_r:
             p.error(f"--init-adapter {adapter} has LoRA rank {rank}, this run --lora-r "
                     f"{cfg.lora_r}: pass --lora-r {rank}")
+    if cfg.sync_every < 1 or cfg.checkpoint_every < 1:
+        p.error("--sync-every and --checkpoint-every must be >= 1")
+    if cfg.checkpoint_every % cfg.sync_every:
+        # a resume restores the checkpoint's adapter, but the server would hold the policy of
+        # the last sync after it: the resumed steps would sample a newer policy than before
+        p.error(f"--sync-every {cfg.sync_every} must divide --checkpoint-every "
+                f"{cfg.checkpoint_every}, or a resumed run samples another policy")
     if cfg.eval_every < 0:
         p.error("--eval-every must be >= 0")
     if cfg.eval_every and cfg.eval_limit <= 0:

@@ -100,6 +100,17 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
     # harness's own answer); opsd and ssopd sample every example
     on_policy = [cfg.method != "ophsd" or on_policy_example(cfg, step, i)
                  for i in range(len(examples))]
+    # An example to sample whose prompt leaves no room for max_new_tokens under --max-len
+    # trains on nothing, and the server would refuse its rollout (a 400 that crashed the
+    # step, and the resumed run drew the same batch): a counted skip, before any request.
+    samples = cfg.method in ("ophsd", "opsd", "ssopd")
+    keep = [not (samples and on_policy[i]) or len(ids) + ctx.max_new_tokens <= cfg.max_len
+            for i, ids in enumerate(student_ids)]
+    if not all(keep):
+        out.counts["skipped_too_long"] += keep.count(False)
+        examples, student_msgs, student_ids, on_policy = (
+            [x for x, ok in zip(column, keep, strict=True) if ok]
+            for column in (examples, student_msgs, student_ids, on_policy))
     wants_rollouts = cfg.method in ("ophsd", "opsd", "ssopd") and any(on_policy)
 
     # 1. harness (ophsd teacher contexts, sft targets) and student rollouts, in flight
@@ -143,7 +154,8 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
             _add_ssopd(ctx, out, ex, student_msgs[i], student_ids[i], rollouts[i])
             continue
         if cfg.method == "ophsd":
-            tc = teacher_ctx.from_trace(traces[i], student_msgs[i], cfg.teacher_policy)
+            tc = teacher_ctx.from_trace(traces[i], student_msgs[i], cfg.teacher_policy,
+                                        getattr(ctx.harness, "teacher_call", None))
         else:
             tc = teacher_ctx.with_reference(task, ex)
         weight = 1.0

@@ -55,6 +55,7 @@ from evals.runner import MAX_TOKENS, EvalResult, evaluate
 from evals.split import split_train
 from evals.tasks import Task, get_task
 from harnesses import build_harness, needs_index
+from scaffold.cli import run_cli
 from scaffold.client import PolicyClient
 from scaffold.registry import resolve
 from scaffold.server import install_sigterm_handler, policy_endpoint
@@ -289,6 +290,8 @@ def main(cfg: RunConfig) -> dict:
     model_path = resolve(cfg.model)
     task = get_task(cfg.task, data_root=cfg.data_root)
     bank, train_set = training_data(cfg, task)
+    if cfg.eval_limit > 0:  # a broken test file is found now, not after training
+        task.load("test")
     labelled_regime = bool(cfg.labeled_per_class or cfg.labeled)
     run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS,
                      defaults=RunConfig().to_dict())
@@ -320,6 +323,7 @@ def main(cfg: RunConfig) -> dict:
 
     sync_mode = resolve_sync(cfg.sync, cfg.api_base)
     with policy_endpoint(model_path, cfg.api_base, max_lora_rank=max(16, cfg.lora_r),
+                         max_model_len=max(4096, cfg.max_len),  # every prompt --max-len lets in
                          enable_lora=sync_mode == "lora",
                          log_path=str(run_dir.path / "vllm.log")) as server:
         client = PolicyClient(server.base_url, server.model_name)
@@ -347,4 +351,4 @@ def main_seeds(cfg: RunConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main_seeds(parse_args())
+    run_cli(lambda: main_seeds(parse_args()))

@@ -31,8 +31,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from scaffold.errors import ScaffoldError
 
-class ContextTooLong(ValueError):
+
+class ContextTooLong(ScaffoldError, ValueError):
     """A spliced sequence exceeds the length limit; Scaffold never truncates it."""
 
     def __init__(self, side: str, length: int, max_len: int, prompt_len: int, response_len: int):

@@ -1,7 +1,7 @@
 """Teacher contexts: what the teacher sees before scoring the student's tokens.
 
 - `ophsd` (from a harness trace): `final_request` (default) is the final step's
-  exact request (the verify prompt with draft, confirmers and challengers; the
+  (or the step the harness names with a `teacher_call(trace)` method) exact request (the verify prompt with draft, confirmers and challengers; the
   solve prompt with the plan); `transcript` replays every step's request and
   answer as earlier turns, then the final request.
 - `opsd`: the bare student prompt plus the task's verified reference (solution,
@@ -18,11 +18,12 @@ and the loop skips or down-weights it, and counts it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from scaffold.chat import Messages
-from scaffold.trace import Trace
+from scaffold.trace import LMCall, Trace
 
 POLICIES = ("final_request", "transcript")
 NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan"}
@@ -41,18 +42,21 @@ def _same_ending(student: Messages, teacher: Messages) -> bool:
     return s_prefill == t_prefill
 
 
-def from_trace(trace: Trace, student: Messages, policy: str = "final_request") -> TeacherContext:
-    """The teacher context of a harness run (`ophsd`)."""
+def from_trace(trace: Trace, student: Messages, policy: str = "final_request",
+               teacher_call: Callable[[Trace], LMCall | None] | None = None) -> TeacherContext:
+    """The teacher context of a harness run (`ophsd`). `teacher_call`: the harness's own
+    choice of the call whose request the teacher sees (a `teacher_call(trace)` method on the
+    harness; self_consistency picks the winning sample's); default the trace's last call."""
     if policy not in POLICIES:
         raise ValueError(f"teacher policy must be one of {POLICIES}, got {policy!r}")
-    final = trace.final_call()
+    final = None if trace.error else (teacher_call or Trace.final_call)(trace)
     if trace.error or final is None:
         return TeacherContext(None, True, f"harness failed: {trace.error or 'no LM call'}")
     if policy == "final_request":
         messages = [dict(m) for m in final.messages]
     else:
         messages = []
-        for call in trace.calls[:-1]:
+        for call in trace.calls[:trace.calls.index(final)]:
             request = [m for m in call.messages if m["role"] != "system"]
             prefill = request[-1]["content"] if request[-1]["role"] == "assistant" else ""
             turns = request[:-1] if prefill else request

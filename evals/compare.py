@@ -41,7 +41,8 @@ from evals.plots import comparison_bars, read_metrics, training_curves
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
 from evals.split import split_train
 from evals.tasks import get_task
-from harnesses import HARNESSES, needs_index
+from harnesses import HARNESSES, ProgramSpecError, load_program, needs_index
+from scaffold.cli import run_cli
 from scaffold.client import PolicyClient
 from scaffold.merge import merge_adapter
 from scaffold.registry import resolve
@@ -123,6 +124,44 @@ def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
                    else compute[k] + before[k] for k in compute}
         compute["init_from"] = str(parent)
     return compute
+
+
+def adapter_digest(subject: Subject) -> str | None:
+    """sha256 of the subject's adapter weights (None for the base model)."""
+    if subject.adapter is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256((subject.adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def reusable_rows(path: Path, task: str, regime: str, items: int, seed: int,
+                  harness: dict) -> dict[tuple[str, str], dict]:
+    """(subject label, program) -> row of an earlier compare.json made on the same items, with
+    the file's mtime under "_written" (for rows from before adapter digests were recorded)."""
+    record = json.loads(path.read_text())
+    same = (record["task"], record.get("regime"), record["items"], record.get("seed", 0),
+            record.get("harness_options", {})) == (task, regime, items, seed, harness)
+    if not same:
+        raise SystemExit(f"--reuse {path}: made on other items or options ({record['title']}); "
+                         "evaluate again without --reuse")
+    written = path.stat().st_mtime
+    return {(r["model"], r["program"]): {**r, "_written": written} for r in record["rows"]
+            if r["model"] != "no LLM"}
+
+
+def unchanged_since(subject: Subject, prior: dict[tuple[str, str], dict]) -> bool:
+    """Whether the subject's weights are the ones an earlier row measured: the same adapter
+    digest, or (rows without one) an adapter file older than that compare."""
+    row = prior.get((subject.label, "none")) or next(
+        (r for (label, _), r in prior.items() if label == subject.label), None)
+    if row is None:
+        return False
+    if subject.adapter is None:
+        return row.get("adapter_sha256") is None
+    if row.get("adapter_sha256"):
+        return row["adapter_sha256"] == adapter_digest(subject)
+    return (subject.adapter / "adapter_model.safetensors").stat().st_mtime < row["_written"]
 
 
 def knn_baseline(task: Any, items: list[Any], index: Any, k: int = KNN_K) -> dict:
@@ -270,8 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="banking77")
     p.add_argument("--program", nargs="+", default=["draft_verify"],
-                   choices=sorted(set(HARNESSES) - {"none"}),
-                   help="the harness(es) to evaluate beside the bare prompt")
+                   help="the harness(es) to evaluate beside the bare prompt: built-ins "
+                        f"({', '.join(sorted(set(HARNESSES) - {'none'}))}) or your own as "
+                        "package.module:Name")
     p.add_argument("--runs", nargs="*", default=[], help="run folders or adapter folders")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--api-base", default=None, help="use this vLLM server (started with "
@@ -296,7 +336,16 @@ def main(argv: list[str] | None = None) -> dict:
                    "task's section of it; other tasks' sections are kept)")
     p.add_argument("--notes", default=None, help="a markdown file of findings to include in "
                    "the report's section, after the tables")
+    p.add_argument("--reuse", default=None, metavar="COMPARE_JSON",
+                   help="take the rows of an earlier compare on the same items (task, bank, "
+                   "--limit, --seed, --harness) for subjects whose weights have not changed "
+                   "since: adding one run to a report evaluates only that run")
     args = p.parse_args(argv)
+    for program in args.program:
+        try:
+            load_program(program)
+        except ProgramSpecError as e:
+            p.error(f"--program {e}")
     install_sigterm_handler()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -320,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve(args.model)
     max_tokens = MAX_TOKENS[task.kind]
 
+    prior = reusable_rows(Path(args.reuse), task.name, regime, len(items), args.seed,
+                          args.harness) if args.reuse else {}
     rows: list[dict] = []
     with policy_endpoint(model_path, args.api_base, enable_lora=False,
                          log_path=str(out / "vllm.log")) as server:
@@ -327,13 +378,24 @@ def main(argv: list[str] | None = None) -> dict:
         lm = client.dspy_lm(server.model_name, temperature=0.0, max_tokens=max_tokens)
         try:
             for subject in subjects:
-                server.reload_weights(
-                    merge_adapter(args.model, subject.adapter) if subject.adapter else model_path)
-                for program in ("none", *args.program):
+                programs = ("none", *args.program)
+                kept = {pr: prior[(subject.label, pr)] for pr in programs
+                        if (subject.label, pr) in prior and unchanged_since(subject, prior)}
+                if len(kept) < len(programs):
+                    server.reload_weights(merge_adapter(args.model, subject.adapter)
+                                          if subject.adapter else model_path)
+                for program in programs:
+                    if program in kept:
+                        print(f"{subject.label} / {program}: reused from {args.reuse}")
+                        row = {k: v for k, v in kept[program].items() if k != "_written"}
+                        rows.append({**row, "compute": subject.compute,
+                                     "adapter_sha256": adapter_digest(subject)})
+                        continue
                     res = evaluate(task, program, items, lm=lm, model_label=subject.label,
                                    index=index, concurrency=args.concurrency,
                                    harness_options=args.harness if program != "none" else None)
-                    rows.append(result_row(res, task, subject))
+                    rows.append({**result_row(res, task, subject),
+                                 "adapter_sha256": adapter_digest(subject)})
         finally:
             if args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it
@@ -350,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
     command = "python -m evals.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     record = {"command": command, "task": task.name, "regime": regime, "stem": stem,
+              "seed": args.seed, "harness_options": args.harness,
               "bank": len(split.bank) if split else None, "title": title, "items": len(items),
               "rows": rows, "seed_summary": summary,
               "plots": [str(bars)] + ([str(curves)] if curves else [])}
@@ -402,7 +465,4 @@ def rerender(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if "--rerender" in sys.argv:
-        rerender()
-    else:
-        main()
+    run_cli(rerender if "--rerender" in sys.argv else main)

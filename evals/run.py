@@ -25,7 +25,8 @@ from evals.bank import task_bank
 from evals.metrics import fmt_ci, held_out
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
 from evals.tasks import get_task
-from harnesses import HARNESSES, needs_index
+from harnesses import HARNESSES, ProgramSpecError, load_program, needs_index
+from scaffold.cli import run_cli
 from scaffold.client import PolicyClient
 from scaffold.server import install_sigterm_handler, policy_endpoint
 from scaffold.trace import write_jsonl
@@ -47,8 +48,9 @@ def results_table(results: list[EvalResult], title: str = "evaluation") -> Table
 def main(argv: list[str] | None = None) -> list[EvalResult]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="banking77")
-    p.add_argument("--program", nargs="+", default=["draft_verify"], choices=sorted(HARNESSES),
-                   help="one or more programs, evaluated on the same items")
+    p.add_argument("--program", nargs="+", default=["draft_verify"],
+                   help=f"one or more programs, evaluated on the same items: built-ins "
+                        f"({', '.join(HARNESSES)}) or your own as package.module:Name")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--adapter", help="peft adapter folder to evaluate (served as 'trained')")
     p.add_argument("--api-base", help="use this OpenAI-compatible server instead of starting one")
@@ -62,6 +64,11 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="output folder (default runs/eval-TASK)")
     args = p.parse_args(argv)
+    for program in args.program:
+        try:
+            load_program(program)
+        except ProgramSpecError as e:
+            p.error(f"--program {e}")
     install_sigterm_handler()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -96,4 +103,4 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

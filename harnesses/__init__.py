@@ -17,9 +17,10 @@ from harnesses.base import Bare, chat_step, task_prefill
 from harnesses.draft_verify import DraftVerify
 from harnesses.plan_solve import PlanSolve
 from harnesses.self_consistency import SelfConsistency
+from scaffold.errors import ScaffoldError
 
-__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "SelfConsistency", "build_harness", "chat_step",
-           "needs_index", "register", "task_prefill"]
+__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
+           "load_program", "needs_index", "register", "task_prefill"]
 
 HARNESSES: dict[str, Callable[..., dspy.Module]] = {
     "none": lambda task, index=None, **kw: Bare(task),
@@ -38,12 +39,51 @@ def register(name: str, factory: Callable[..., dspy.Module], needs_index: bool =
 
 
 def needs_index(name: str) -> bool:
-    return name in NEEDS_INDEX
+    return load_program(name) in NEEDS_INDEX
 
 
 def build_harness(name: str, task: Any, index: Any = None, **options: Any) -> dspy.Module:
-    if name not in HARNESSES:
-        raise KeyError(f"unknown harness {name!r}; known: {', '.join(sorted(HARNESSES))}")
+    name = load_program(name)  # a built-in, or the user's package.module:Name
     if name in NEEDS_INDEX and index is None:
         raise ValueError(f"harness {name!r} needs a precedent index built from the train split")
     return HARNESSES[name](task, index=index, **options)
+
+
+class ProgramSpecError(ScaffoldError, ValueError):
+    """A --program that names no harness; the message says which part failed."""
+
+
+def load_program(spec: str) -> str:
+    """The registry name of `spec`: a built-in name, or `package.module:Name` naming a
+    harness in the user's own code, imported and registered under `spec` itself.
+
+    `Name` is a `dspy.Module` subclass or a factory; either is called as
+    `Name(task, index=None, **options)` and must return a `dspy.Module` whose forward takes
+    `example=` and returns a prediction with `.completion` (and `.answer`). A `needs_index
+    = True` attribute on it asks for the precedent bank (the labelled examples)."""
+    if spec in HARNESSES:
+        return spec
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ProgramSpecError(f"{spec!r} is not a harness; built-ins: {', '.join(HARNESSES)}, "
+                               "or your own as package.module:Name")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - whatever the user's import raised, say so
+        raise ProgramSpecError(f"{spec}: cannot import {module_name!r} ({type(e).__name__}: "
+                               f"{e}); is its folder on PYTHONPATH or the current one?") from e
+    obj = getattr(module, attr, None)
+    if obj is None or not callable(obj):
+        raise ProgramSpecError(f"{spec}: {module_name} has no class or factory {attr!r}")
+
+    def factory(task: Any, index: Any = None, **options: Any) -> dspy.Module:
+        program = obj(task, index=index, **options)
+        if not isinstance(program, dspy.Module):
+            raise ProgramSpecError(f"{spec} returned a {type(program).__name__}, not a "
+                                   "dspy.Module")
+        return program
+
+    register(spec, factory, needs_index=bool(getattr(obj, "needs_index", False)))
+    return spec

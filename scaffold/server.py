@@ -12,7 +12,8 @@ polled on /v1/models; a server that dies or is not ready in time raises
 in use (its requests fail as unreachable; leaving the `with` block says why).
 LoRA is on, with runtime adapter loading (`/v1/load_lora_adapter`). It is
 stopped by its own PID on exit: the context manager, an atexit hook, and
-SIGTERM all end up in `stop()`.
+SIGTERM/SIGHUP all end up in `stop()`; a SIGKILLed owner is covered by a watchdog
+process (`scaffold.watchdog`) that stops the server's group when its owner dies.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from pathlib import Path
 
 import httpx
 
+from scaffold import watchdog
+from scaffold.errors import ScaffoldError
 from scaffold.hardware import auto_dtype_name, cuda_available
 from scaffold.registry import resolve
 
 
-class ServerError(RuntimeError):
+class ServerError(ScaffoldError, RuntimeError):
     """The policy server could not be started, reached or told something."""
 
 
@@ -43,6 +46,33 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could bind HOST:PORT now (SO_REUSEADDR as uvicorn sets it: a port
+    left in TIME_WAIT by a stopped server is free, one someone listens on is not)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror:
+        return True  # let the server report the bad host itself
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -66,6 +96,13 @@ class ServerConfig:
     log_path: str | None = None
     extra_args: list[str] = field(default_factory=list)
     command: list[str] | None = None  # replaces the vLLM command (tests use a fake server)
+    # Bearer key for /v1/* (given to vLLM as VLLM_API_KEY, so it stays out of `ps`).
+    api_key: str | None = None
+    # vLLM's dev-mode and runtime-LoRA endpoints (/collective_rpc, /reset_prefix_cache,
+    # /v1/load_lora_adapter from any path): training's policy sync needs them. They are
+    # unauthenticated (the key guards /v1 only), so they run on loopback only.
+    dev_mode: bool = True
+    runtime_lora: bool = True
 
 
 class _Adapters:
@@ -94,6 +131,7 @@ class PolicyServer(_Adapters):
         self.cfg = cfg
         self.port = cfg.port or free_port(cfg.host)
         self.proc: subprocess.Popen | None = None
+        self.watchdog: subprocess.Popen | None = None
         self.log_path = Path(cfg.log_path or tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
         self.model_path: str | None = None
         self.adapters: dict[str, str] = {}
@@ -148,8 +186,14 @@ class PolicyServer(_Adapters):
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
-        env.setdefault("VLLM_SERVER_DEV_MODE", "1")  # /collective_rpc: in-place weight reload
+        for flag, on in (("VLLM_ALLOW_RUNTIME_LORA_UPDATING", self.cfg.runtime_lora),
+                         ("VLLM_SERVER_DEV_MODE", self.cfg.dev_mode)):
+            if on:
+                env[flag] = "1"  # /collective_rpc: in-place weight reload; runtime adapters
+            else:
+                env.pop(flag, None)
+        if self.cfg.api_key:
+            env["VLLM_API_KEY"] = self.cfg.api_key
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(self.cfg.kv_cache_gib)))
         # vLLM's CPU backend keeps one core for its API server by default and binds the
         # engine to the rest: on a 2-core box, one core. Scaffold's phases alternate (the
@@ -170,6 +214,18 @@ class PolicyServer(_Adapters):
     def start(self) -> PolicyServer:
         if self.proc is not None:
             return self
+        if (self.cfg.dev_mode or self.cfg.runtime_lora) and not is_loopback(self.cfg.host):
+            raise ServerError(
+                f"host {self.cfg.host}: the weight-sync endpoints (/collective_rpc, runtime "
+                "adapter loading) take no key, so a server that offers them binds to loopback "
+                "(127.0.0.1) only")
+        if not is_loopback(self.cfg.host) and not self.cfg.api_key:
+            raise ServerError(f"host {self.cfg.host} is reachable beyond this machine: pass an "
+                              "API key (--api-key, or set VLLM_API_KEY)")
+        # Readiness polls the URL: another server already on the port would pass for ours.
+        if not port_is_free(self.cfg.host, self.port):
+            raise ServerError(f"port {self.port} on {self.cfg.host} is already in use (another "
+                              "server?): pick another --port, or leave it out for a free one")
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
@@ -180,6 +236,8 @@ class PolicyServer(_Adapters):
             start_new_session=True,  # own process group: stop() takes vLLM's workers with it
         )
         log.close()
+        # SIGKILL or a lost terminal skip every handler below: the watchdog stops the group
+        self.watchdog = watchdog.spawn(self.proc.pid)
         _LIVE.add(self)
         try:
             self.wait_ready()
@@ -200,7 +258,7 @@ class PolicyServer(_Adapters):
                     f"Log: {self.log_path}\n--- last lines ---\n{self.log_tail()}"
                 )
             try:
-                r = httpx.get(url, timeout=2.0)
+                r = httpx.get(url, timeout=2.0, headers=self.auth_headers())
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:
@@ -213,6 +271,9 @@ class PolicyServer(_Adapters):
                 )
             time.sleep(1.0)
 
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -222,6 +283,16 @@ class PolicyServer(_Adapters):
     def stop(self, grace_s: float = 20.0) -> None:
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
+        dog, self.watchdog = self.watchdog, None
+        try:
+            self._stop_group(proc, grace_s)
+        finally:  # last: a SIGKILL during the grace period is still the watchdog's to cover
+            if dog is not None:
+                dog.kill()
+                dog.wait(timeout=10)
+
+    @staticmethod
+    def _stop_group(proc: subprocess.Popen | None, grace_s: float) -> None:
         if proc is None or proc.poll() is not None:
             return
         try:
@@ -380,12 +451,14 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def install_sigterm_handler() -> None:
-    """Make SIGTERM stop our servers too (it would skip atexit). CLIs call this once.
+    """Make SIGTERM and SIGHUP stop our servers too (they would skip atexit). CLIs call
+    this once. SIGKILL cannot be handled: each server's watchdog covers it.
 
     Ctrl-C needs nothing: KeyboardInterrupt unwinds through the context manager.
     """
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _on_sigterm)
 
 
 def policy_endpoint(model: str, api_base: str | None = None,

@@ -283,3 +283,62 @@ def test_a_config_key_added_later_resumes_at_its_default(tmp_path):
     RunDir(tmp_path / "run", {"lr": 1e-4, "steps": 10, "warmup": 0}, defaults={"warmup": 0})
     with pytest.raises(RunConfigMismatch, match="warmup"):
         RunDir(tmp_path / "run", {"lr": 1e-4, "steps": 10, "warmup": 3}, defaults={"warmup": 0})
+
+
+# ---------------------------------------------------------------------------- one owner, safe loads
+
+
+def test_a_run_folder_held_by_a_live_process_is_refused_until_it_dies(tmp_path):
+    """Two runs writing one folder interleave checkpoints: the second is refused with the
+    holder's PID, and the lock goes with its holder, SIGKILL included."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from distill.checkpoint import RunDirBusy
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from distill.checkpoint import RunDir; "
+         f"RunDir({str(tmp_path)!r}, {{'a': 1}}); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirBusy, match=f"in use by PID {holder.pid}"):
+            RunDir(tmp_path, {"a": 1})
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    assert RunDir(tmp_path, {"a": 1}).config == {"a": 1}
+
+
+def test_a_killed_runs_unfinished_checkpoint_folder_is_removed_on_reopen(tmp_path):
+    stale = tmp_path / "checkpoints" / ".tmp_step_000003.abc"
+    (stale / "adapter").mkdir(parents=True)
+    RunDir(tmp_path, {"a": 1})
+    assert not stale.exists()
+
+
+def test_checkpoint_paths_outside_the_run_folder_are_refused(tiny_model_dir, tmp_path):
+    run = RunDir(tmp_path / "run", {"a": 1})
+    run.save_checkpoint(1, make_trainer(tiny_model_dir), {})
+    rows = (tmp_path / "run" / "checkpoints.jsonl").read_text().replace(
+        '"checkpoints/step_000001"', '"../elsewhere"')
+    (tmp_path / "run" / "checkpoints.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match="outside the run folder"):
+        run.restore(make_trainer(tiny_model_dir))
+
+
+def test_resume_state_loads_without_unpickling_code(tiny_model_dir, tmp_path):
+    """state.pt loads with weights_only=True: a pickled callable in it is refused."""
+    import pickle
+
+    trainer = make_trainer(tiny_model_dir)
+    run = RunDir(tmp_path, {"a": 1})
+    folder = run.save_checkpoint(trainer.step, trainer, {})
+    assert run.restore(make_trainer(tiny_model_dir)) == {}  # numpy RNG state is allowed
+    state = torch.load(folder / "state.pt", weights_only=False)
+    state["payload"] = os.system  # what a foreign folder could carry
+    torch.save(state, folder / "state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        run.restore(make_trainer(tiny_model_dir))

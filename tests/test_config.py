@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -46,3 +47,37 @@ def test_a_curve_needs_a_number_of_items(capsys):
     err = error_of(["--eval-every", "16", "--eval-limit", "0"], capsys)
     assert "--eval-limit N" in err and "--eval-every 0" in err
     assert parse_args(["--eval-every", "16", "--eval-limit", "300"]).eval_every == 16
+
+
+def test_every_flag_has_help_with_its_default_and_choices(capsys, monkeypatch):
+    from dataclasses import fields
+
+    from distill.config import RunConfig, build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps at hyphens too: join them back
+    text = " ".join(re.sub(r"-\n\s+", "-", build_parser().format_help()).split())
+    for f in fields(RunConfig):
+        assert f"--{f.name.replace('_', '-')}" in text
+        assert " ".join(f.metadata["help"].split()) in text, f.name
+    assert "--loss {auto,reverse_kl,forward_kl,jsd,topk_reverse_kl,sampled_token}" in text
+    assert "(default: 'ophsd')" in text and "(default: 0.001)" in text
+
+
+def test_bad_flags_and_config_values_fail_before_anything_starts(tmp_path, capsys):
+    assert "invalid choice: 'kl'" in error_of(["--loss", "kl"], capsys)
+    assert "'nope' is not a harness" in error_of(["--program", "nope"], capsys)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("teacher: wise\n")
+    assert f"{cfg}: teacher: 'wise' is not one of live, frozen, ema" in error_of(
+        ["--config", str(cfg)], capsys)
+    cfg.write_text("steps: [\n")
+    assert "not valid yaml" in error_of(["--config", str(cfg)], capsys)
+    cfg.write_text("stepz: 3\n")
+    assert "unknown config keys ['stepz']" in error_of(["--config", str(cfg)], capsys)
+
+
+def test_sync_every_must_divide_checkpoint_every(capsys):
+    """Otherwise a resumed run serves the checkpoint's policy where the uninterrupted run
+    still served an older one."""
+    assert "must divide --checkpoint-every 4" in error_of(["--sync-every", "3"], capsys)
+    assert parse_args(["--sync-every", "2"]).sync_every == 2

@@ -133,6 +133,11 @@ def test_plan_solve_prompts_and_empty_plan(tmp_path, monkeypatch):
     assert "Follow this plan:\n1. Add the numbers.\n2. Report." in solve[0]["content"]
     assert solve[1:] == bare[1:]
     assert pred.answer is not None and task.grade(pred.completion, example) == 1.0
+    assert tr.fallbacks == []
+
+    short = build_harness("plan_solve", task, max_plan_chars=12)  # a cut plan is counted
+    pred, tr, lm = run(short, example, respond)
+    assert pred.plan == "1. Add the n" and [f["kind"] for f in tr.fallbacks] == ["plan_truncated"]
 
     pred, tr, lm = run(program, example, lambda m: "" if m[-1]["content"].startswith("Plan:")
                        else "The answer is \\boxed{4}.")
@@ -174,6 +179,30 @@ def test_executor_keeps_order_isolates_traces_and_survives_failures(task):
     assert results[5].attempts == 2
 
 
+def test_executor_stops_the_run_when_the_server_is_unreachable(task):
+    """A dead server is not a wrong answer: the run ends with the client's error and the
+    queued examples never start (they used to score 0 each and the run exited 0)."""
+    from scaffold.errors import PolicyServerUnreachable
+
+    program = build_harness("none", task)
+    examples = [ex(f"question number {i}", id_=f"q{i}") for i in range(40)]
+    started = []
+
+    def respond(messages):
+        i = int(messages[0]["content"].split("question number ")[1].split()[0])
+        started.append(i)
+        if i == 2:
+            raise PolicyServerUnreachable("policy server at http://x unreachable after 4 attempts")
+        time.sleep(0.01)
+        return " card_arrival"
+
+    with pytest.raises(PolicyServerUnreachable, match="unreachable after 4 attempts"):
+        run_program(program, examples, lm=ScriptedLM(respond), concurrency=2, max_attempts=3,
+                    backoff_s=0.0, progress=False)
+    assert started.count(2) == 1  # not retried by the executor: the client retried already
+    assert len(started) < len(examples)
+
+
 def test_self_consistency_votes(tmp_path, monkeypatch):
     (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
     monkeypatch.chdir(tmp_path)
@@ -190,6 +219,35 @@ def test_self_consistency_votes(tmp_path, monkeypatch):
     pred, tr, lm = run(program, example, respond)
     assert pred.answer == task.parse("\\boxed{5}") and sum(pred.votes.values()) == 3
     assert tr.step_names() == ["solver.plan", "solver.solve"] * 3
+
+
+def test_self_consistency_teaches_with_the_winning_sample(tmp_path, monkeypatch):
+    """The teacher sees the request of the sample that won the vote (its plan), not the
+    last sample's, in both teacher policies."""
+    from distill.teacher import from_trace
+
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    plans = iter([" count up", " add them", " guess"])
+    answers = iter(["\\boxed{4}", "\\boxed{5}", "\\boxed{6}"])
+
+    def respond(messages):
+        if messages[-1]["content"].startswith("Plan:"):
+            return next(plans)
+        return f"The answer is {next(answers)}."
+
+    program = build_harness("self_consistency", task, n=3)
+    pred, tr, _ = run(program, example, respond)
+    tr.outputs = {"answer": pred.answer, "completion": pred.completion}  # as the executor does
+    assert pred.completion == "The answer is \\boxed{4}."  # a 3-way tie: the first sample wins
+    student = task.student_messages(example)
+    chosen = from_trace(tr, student, teacher_call=program.teacher_call)
+    assert "count up" in str(chosen.messages) and "guess" not in str(chosen.messages)
+    assert "guess" in str(from_trace(tr, student).messages)  # the default: the last call
+    replay = from_trace(tr, student, "transcript", teacher_call=program.teacher_call)
+    assert replay.messages[-1] == chosen.messages[-1] and "add them" not in str(replay.messages)
 
 
 def test_draft_verify_prepare_embeds_all_questions_in_one_batch(task, bank):
@@ -283,3 +341,43 @@ def test_default_draft_lists_three_precedents_most_similar_next_to_the_message(t
     _, _, lm = run(flipped, example, lambda m: " card_arrival")
     assert [line.removeprefix("Message: ") for line in lm.requests[0][0]["content"].splitlines()
             if line.startswith("Message: ")][:-1] == nearest
+
+
+def test_a_users_own_harness_loads_by_module_path(tmp_path, monkeypatch, task):
+    """--program package.module:Name reaches a harness in the user's code, in every CLI."""
+    import sys
+
+    from harnesses import ProgramSpecError, load_program
+    from harnesses import needs_index as program_needs_index
+
+    (tmp_path / "my_harnesses.py").write_text(
+        "import dspy\n"
+        "from harnesses import Bare\n"
+        "class Shout(dspy.Module):\n"
+        "    needs_index = True\n"
+        "    def __init__(self, task, index=None, **options):\n"
+        "        super().__init__()\n"
+        "        self.bare = Bare(task)\n"
+        "        self.options = options\n"
+        "    def forward(self, example):\n"
+        "        return self.bare(example=example)\n"
+        "def not_a_module(task, index=None, **options):\n"
+        "    return 42\n")
+    import harnesses
+
+    monkeypatch.setattr(harnesses, "HARNESSES", dict(harnesses.HARNESSES))  # leave no entry
+    monkeypatch.setattr(harnesses, "NEEDS_INDEX", set(harnesses.NEEDS_INDEX))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_harnesses", raising=False)
+    assert load_program("my_harnesses:Shout") == "my_harnesses:Shout"
+    assert program_needs_index("my_harnesses:Shout")
+    program = build_harness("my_harnesses:Shout", task, index=object(), loud=True)
+    assert program.options == {"loud": True}
+    pred, _, _ = run(program, ex("my card has not arrived"), lambda m: " card_arrival")
+    assert pred.answer == "card_arrival"
+    with pytest.raises(ProgramSpecError, match="returned a int, not a dspy.Module"):
+        build_harness("my_harnesses:not_a_module", task)
+    with pytest.raises(ProgramSpecError, match="has no class or factory 'Missing'"):
+        load_program("my_harnesses:Missing")
+    with pytest.raises(ProgramSpecError, match="cannot import 'no_such_module'"):
+        load_program("no_such_module:X")

@@ -213,6 +213,32 @@ def test_collect_samples_only_the_examples_it_trains_on_policy(monkeypatch):
     assert {r["seed"] for r in client.requests} == {loop.sample_seed(1, 3, i) for i in chosen}
 
 
+def test_a_prompt_with_no_room_for_an_answer_is_skipped_before_any_request(monkeypatch):
+    """Over --max-len with max_new_tokens the server would refuse its rollout (a 400 that
+    crashed the step, and the resume drew the same batch): a counted skip instead."""
+    import distill.loop as loop
+
+    tok, task = SizedCharTokenizer(), label_task_with_prompt()
+    examples = [Example("short", "q", "card_arrival"), Example("long", "q" * 300, "card_arrival")]
+    ran = []
+    runner = fake_harness_runner(tok, " card_arrival")
+    monkeypatch.setattr(loop, "run_program", lambda program, items, **kw: ran.extend(
+        ex.id for ex in items) or runner(program, items, **kw))
+    client = RecordingClient()
+    ctx = SimpleNamespace(cfg=RunConfig(method="ophsd", on_policy_fraction=1.0, max_len=200),
+                          task=task, tokenizer=tok, harness=None, client=client,
+                          policy_name="policy", max_new_tokens=24, policy_lm=lambda **kw: None)
+    out = loop.collect(ctx, 0, examples)
+    assert out.counts["skipped_too_long"] == 1 and out.counts["examples"] == 2
+    assert ran == ["short"] and len(client.requests) == 1
+    assert all(len(r["prompt"]) < 200 for r in client.requests)
+    ran.clear()  # an example trained on the harness's answer is sent no rollout: it reaches
+    ctx.cfg = RunConfig(method="ophsd", on_policy_fraction=0.0, max_len=400)  # the harness
+    out = loop.collect(ctx, 0, examples)
+    assert ran == ["short", "long"] and len(client.requests) == 1
+    assert out.counts["skipped_too_long"] == 0 and len(out.pairs) == 2
+
+
 def test_collect_opsd_samples_every_example_and_math_has_no_line_stop():
     import distill.loop as loop
 

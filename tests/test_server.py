@@ -114,34 +114,47 @@ def test_external_server_lists_model(tmp_path):
         assert ext.start().model_name == "policy"
 
 
-def test_sigterm_to_owner_stops_server(tmp_path):
-    """A CLI killed with SIGTERM takes its server (and the server's children) with it."""
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_owner_killed_takes_server_with_it(tmp_path, sig):
+    """A CLI killed with SIGTERM or SIGHUP (handlers) or SIGKILL (the watchdog) takes its
+    server, the server's children and the watchdog with it."""
+    import os
     import signal
     import subprocess
 
+    log = tmp_path / "log"
     script = tmp_path / "owner.py"
     script.write_text(
         "import sys, time\n"
         "from scaffold.server import PolicyServer, ServerConfig, install_sigterm_handler\n"
         "install_sigterm_handler()\n"
-        f"s = PolicyServer(ServerConfig(command={FAKE + ['--child']!r}, "
-        f"log_path={str(tmp_path / 'log')!r}))\n"
+        f"s = PolicyServer(ServerConfig(command={FAKE + ['--child']!r}, log_path={str(log)!r}))\n"
         "s.start()\n"
-        "print('SERVER', s.pid, flush=True)\n"
+        "print('SERVER', s.pid, s.watchdog.pid, flush=True)\n"
         "while True:\n"
         "    sum(i * i for i in range(10000))\n")
-    import os
-
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                              env=env)
-    server_pid = int(owner.stdout.readline().split()[1])
-    assert psutil.pid_exists(server_pid)
-    owner.send_signal(signal.SIGTERM)
-    assert owner.wait(timeout=30) == 128 + signal.SIGTERM
-    gone, alive = psutil.wait_procs([psutil.Process(server_pid)] if psutil.pid_exists(
-        server_pid) else [], timeout=10)
-    assert not alive
+    _, server_pid, dog_pid = owner.stdout.readline().split()
+    for _ in range(100):  # the child's pid is logged right after startup
+        m = re.search(r"CHILD_PID=(\d+)", log.read_text())
+        if m:
+            break
+        time.sleep(0.1)
+    pids = [int(server_pid), int(m.group(1)), int(dog_pid)]
+    assert not any(_gone(p) for p in pids)
+    signum = getattr(signal, sig)
+    owner.send_signal(signum)
+    assert owner.wait(timeout=30) == (-signum if sig == "SIGKILL" else 128 + signum)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+        time.sleep(0.2)
+    assert [p for p in pids if not _gone(p)] == []
 
 
 def test_cpu_command_never_splits_a_prefill(monkeypatch):
@@ -157,3 +170,71 @@ def test_cpu_command_never_splits_a_prefill(monkeypatch):
     assert "--no-enable-chunked-prefill" not in mine  # the user's own choice wins
     monkeypatch.setattr(server_mod, "cuda_available", lambda: True)
     assert "--no-enable-chunked-prefill" not in PolicyServer(ServerConfig(model="m")).command()
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path):
+    """Readiness polls the URL, so another server on the port would pass for ours."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        server = PolicyServer(ServerConfig(command=[*FAKE], port=port,
+                                           log_path=str(tmp_path / "log")))
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
+            server.start()
+        assert server.proc is None and server.watchdog is None
+
+
+def test_serve_refuses_an_open_host_without_a_key_before_starting(monkeypatch, capsys):
+    import distill.serve as serve
+
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    monkeypatch.setattr(serve, "PolicyServer", lambda cfg: pytest.fail("a server started"))
+    with pytest.raises(SystemExit) as e:
+        serve.main(["--host", "0.0.0.0"])
+    assert e.value.code == 2 and "--host 0.0.0.0" in capsys.readouterr().err
+
+
+def test_serve_offers_inference_only_with_the_key_in_the_environment(monkeypatch, tmp_path):
+    """distill.serve: the adapter loaded at start (no runtime loading), no dev-mode
+    endpoints, the key passed to vLLM through its environment, never its argv."""
+    import distill.serve as serve
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_server(cfg):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(serve, "PolicyServer", fake_server)
+    monkeypatch.setattr(serve, "install_sigterm_handler", lambda: None)  # not in pytest
+    with pytest.raises(Stop):
+        serve.main(["--host", "0.0.0.0", "--api-key", "s3cret", "--adapter", str(tmp_path),
+                    "--log", str(tmp_path / "vllm.log")])
+    cfg = seen["cfg"]
+    assert not cfg.dev_mode and not cfg.runtime_lora and cfg.api_key == "s3cret"
+    assert cfg.extra_args == ["--lora-modules", f"scaffold={tmp_path.resolve()}"]
+    monkeypatch.setattr("scaffold.server.resolve", lambda name: "/models/m")
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+    server = PolicyServer(cfg)
+    env = server.environment()
+    assert env["VLLM_API_KEY"] == "s3cret" and "VLLM_SERVER_DEV_MODE" not in env
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
+    assert "s3cret" not in " ".join(server.command())
+
+
+def test_dev_mode_endpoints_stay_on_loopback(tmp_path):
+    cfg = ServerConfig(command=[*FAKE], host="0.0.0.0", api_key="k",
+                       log_path=str(tmp_path / "log"))
+    with pytest.raises(ServerError, match="loopback"):
+        PolicyServer(cfg).start()
+    open_no_key = ServerConfig(command=[*FAKE], host="0.0.0.0", dev_mode=False,
+                               runtime_lora=False, log_path=str(tmp_path / "log"))
+    with pytest.raises(ServerError, match="API key"):
+        PolicyServer(open_no_key).start()

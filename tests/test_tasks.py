@@ -487,7 +487,8 @@ def test_assert_disjoint_reports_count():
 
 def test_user_classification_spec(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_csv(tmp_path / "tr.csv", ["msg", "intent"], [["hi there", "greet"], ["bye now", "leave"]])
+    write_csv(tmp_path / "tr.csv", ["msg", "intent"],
+              [["hi there", "greet"], ["bye now", "leave"], ["get lost", "Go Away"]])
     write_jsonl(
         tmp_path / "te.jsonl",
         [{"msg": "hello", "intent": "greet"}, {"msg": "cya", "intent": "Go Away"}],
@@ -503,10 +504,33 @@ def test_user_classification_spec(tmp_path, monkeypatch):
 
 def test_user_classification_category_fallback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "category": "x"}])
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "one", "category": "x"},
+                                       {"text": "three", "category": "y"}])
     write_jsonl(tmp_path / "b.jsonl", [{"text": "two", "category": "y"}])
     task = get_task("classification:a.jsonl,b.jsonl")
     assert task.labels == ["x", "y"] and task.load("train")[0].answer == "x"
+
+
+def test_user_data_errors_name_the_file_and_line(tmp_path, monkeypatch):
+    """Bad user files fail with the file and line, never as 0 examples or a bare codec error."""
+    from evals.tasks.errors import TaskDataError
+
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "tr.csv", ["text", "label"], [["hi there", "greet"], ["bye", "leave"]])
+    write_csv(tmp_path / "header.csv", ["text", "label"], [])
+    with pytest.raises(TaskDataError, match="test split has no examples"):
+        get_task("classification:tr.csv,header.csv").load("test")
+    with pytest.raises(TaskDataError, match="every train question also appears in the test"):
+        get_task("classification:tr.csv,tr.csv").load("train")
+    (tmp_path / "latin1.csv").write_bytes("text,label\nhi,greet\ncaf\xe9 au lait,leave\n".encode("latin-1"))
+    with pytest.raises(TaskDataError, match=r"latin1.csv line 3: byte 0xe9 is not UTF-8"):
+        get_task("classification:tr.csv,latin1.csv").load("test")
+    (tmp_path / "huge.csv").write_text("text,label\nhi,greet\n" + "x" * 200_000 + ",leave\n")
+    with pytest.raises(TaskDataError, match=r"huge.csv line 3: field larger than field limit"):
+        get_task("classification:tr.csv,huge.csv").load("test")
+    write_csv(tmp_path / "te.csv", ["text", "label"], [["hello", "greet"], ["hm", "ponder"]])
+    with pytest.raises(TaskDataError, match=r"te.csv line 3: label 'ponder' .* only in the test"):
+        get_task("classification:tr.csv,te.csv").load("train")
 
 
 def test_user_math_spec(tmp_path, monkeypatch):
@@ -536,6 +560,34 @@ def test_bad_specs():
         get_task("classification:only.csv")
     with pytest.raises(ValueError, match="unknown option"):
         get_task("math:a.jsonl,b.jsonl?label=x")
+
+
+def test_a_task_from_the_users_own_code(tmp_path, monkeypatch):
+    """--task package.module:factory: a Task built by the user's code."""
+    import sys
+
+    from evals.tasks import TaskSpecError
+
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "tr.csv", ["text", "label"], [["hi there", "greet"], ["bye", "leave"]])
+    write_csv(tmp_path / "te.csv", ["text", "label"], [["hello", "greet"]])
+    (tmp_path / "my_tasks.py").write_text(
+        "from evals.tasks import UserClassificationTask\n"
+        "def intents():\n"
+        "    return UserClassificationTask('tr.csv', 'te.csv', name='intents')\n"
+        "def broken():\n"
+        "    return 'not a task'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_tasks", raising=False)
+    task = get_task("my_tasks:intents")
+    assert task.name == "intents" and task.labels == ["greet", "leave"]
+    assert [ex.answer for ex in task.load("test")] == ["greet"]
+    with pytest.raises(TaskSpecError, match="returned a str, not an evals.tasks.Task"):
+        get_task("my_tasks:broken")
+    with pytest.raises(TaskSpecError, match="no class or factory 'nope'"):
+        get_task("my_tasks:nope")
+    with pytest.raises(TaskSpecError, match="cannot import 'no_such_mod'"):
+        get_task("no_such_mod:x")
 
 
 # ---- hub fallback ----------------------------------------------------------------------------

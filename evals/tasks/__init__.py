@@ -9,7 +9,8 @@
 Specs: "banking77", "lawbench-3-3", "gsm8k", "math500",
 "classification:TRAIN,TEST[?text=FIELD&label=FIELD]" and
 "math:TRAIN,TEST[?question=FIELD&answer=FIELD&solution=FIELD]" (user files, paths
-relative to the current directory; CSV, JSONL or JSON list by extension).
+relative to the current directory; CSV, JSONL or JSON list by extension), and
+"package.module:factory" (a Task from the user's own code).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from evals.tasks.errors import (
     LeakageError,
     SplitUnavailableError,
     TaskDataError,
+    TaskSpecError,
 )
 from evals.tasks.lawbench import LawBench33Task
 from evals.tasks.math_tasks import GSM8KTask, Math500Task, MathTask, UserMathTask
@@ -54,26 +56,50 @@ def get_task(spec: str, data_root: str | Path | None = None) -> Task:
     kind, colon, rest = spec.partition(":")
     if colon and kind in _USER_OPTIONS:
         return _user_task(kind, rest, spec)
+    if colon and rest:
+        return _code_task(kind, rest, spec)
     if spec not in BUILTIN_TASKS:
-        known = ", ".join([*BUILTIN_TASKS, "classification:TRAIN,TEST", "math:TRAIN,TEST"])
-        raise ValueError(f"unknown task {spec!r}; known: {known}")
+        known = ", ".join([*BUILTIN_TASKS, "classification:TRAIN,TEST", "math:TRAIN,TEST",
+                           "package.module:factory"])
+        raise TaskSpecError(f"unknown task {spec!r}; known: {known}")
     return BUILTIN_TASKS[spec](resolve_root(data_root))
+
+
+def _code_task(module_name: str, attr: str, spec: str) -> Task:
+    """`package.module:factory`: a Task subclass or a function of no arguments returning a
+    `Task` (evals.tasks.base.Task: load, student_messages, parse, grade), from the user's
+    code on PYTHONPATH or in the current folder."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - whatever the user's import raised, say so
+        raise TaskSpecError(f"task {spec!r}: cannot import {module_name!r} "
+                            f"({type(e).__name__}: {e})") from e
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise TaskSpecError(f"task {spec!r}: {module_name} has no class or factory {attr!r}")
+    task = factory()
+    if not isinstance(task, Task):
+        raise TaskSpecError(f"task {spec!r} returned a {type(task).__name__}, not an "
+                            "evals.tasks.Task")
+    return task
 
 
 def _user_task(kind: str, rest: str, spec: str) -> Task:
     paths_part, _, query = rest.partition("?")
     paths = [p.strip() for p in paths_part.split(",")]
     if len(paths) != 2 or not all(paths):
-        raise ValueError(f"task spec {spec!r}: expected '{kind}:TRAIN,TEST' with two file paths")
+        raise TaskSpecError(f"task spec {spec!r}: expected '{kind}:TRAIN,TEST' with two file paths")
     try:
         options = dict(parse_qsl(query, strict_parsing=True)) if query else {}
     except ValueError as e:
-        raise ValueError(
+        raise TaskSpecError(
             f"task spec {spec!r}: bad options {query!r} (use key=value&key=value)"
         ) from e
     unknown = set(options) - set(_USER_OPTIONS[kind])
     if unknown:
-        raise ValueError(
+        raise TaskSpecError(
             f"task spec {spec!r}: unknown option(s) {sorted(unknown)}; allowed: {_USER_OPTIONS[kind]}"
         )
     train, test = paths
@@ -105,6 +131,7 @@ __all__ = [
     "SplitUnavailableError",
     "Task",
     "TaskDataError",
+    "TaskSpecError",
     "UserClassificationTask",
     "UserMathTask",
     "assert_disjoint",

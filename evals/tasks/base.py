@@ -121,10 +121,16 @@ class Task:
         examples = self._read(split, bad)
         self.skipped_rows[split] = bad.count
         self.bad_rows[split] = list(bad.messages)
+        if not examples:
+            raise TaskDataError(f"{self.name}: the {split} split has no examples (an empty or "
+                                f"header-only file{', every row malformed' if bad.count else ''})")
         if split == "train" and "test" in self.splits:
             test_keys = self._test_question_keys()
             kept = [ex for ex in examples if normalize_question(ex.question) not in test_keys]
             self.dropped_overlap["train"] = len(examples) - len(kept)
+            if not kept:
+                raise TaskDataError(f"{self.name}: every train question also appears in the test "
+                                    "split (is the train file the test file?)")
             examples = kept
         return examples if limit is None else examples[: max(limit, 0)]
 

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from evals.tasks.base import Example, Task, first_line, strip_text
-from evals.tasks.errors import DataUnavailableError
+from evals.tasks.errors import DataUnavailableError, TaskDataError
 from evals.tasks.hub import hub_label_names, load_hub_rows
 from evals.tasks.readers import BadRows, Row, RowProblem, read_rows, records_to_rows
 
@@ -184,19 +184,30 @@ class UserClassificationTask(ClassificationTask):
 
     @cached_property
     def _labels(self) -> list[str]:
-        found: set[str] = set()
+        found: dict[str, dict[str, int]] = {}  # split -> label -> first line
         for split in self.splits:
             for row in self._rows(split, BadRows("skip")):
                 try:
                     field = self._label_field(row)
-                    found.add(strip_text(row.data.get(field), field))
+                    found.setdefault(split, {}).setdefault(
+                        strip_text(row.data.get(field), field), row.line)
                 except RowProblem:
                     continue  # reported when that split is loaded
-        if not found:
+        labels = {label for per_split in found.values() for label in per_split}
+        if not labels:
             raise DataUnavailableError(
                 f"{self.name}: no labels found in {list(self.paths.values())}"
             )
-        return sorted(found)
+        test_only = sorted(set(found.get("test", {})) - set(found.get("train", {})),
+                           key=lambda label: found["test"][label])
+        if test_only:
+            first = test_only[0]
+            raise TaskDataError(
+                f"{self.paths['test']} line {found['test'][first]}: label {first!r} "
+                f"({len(test_only)} such label(s): {', '.join(map(repr, test_only[:5]))}) appears "
+                f"only in the test split, so nothing in {self.paths['train']} teaches it: drop "
+                "those test rows or add train examples")
+        return sorted(labels)
 
     def _rows(self, split: str, bad: BadRows) -> Iterable[Row]:
         return read_rows(self.resolved[split], self.paths[split], bad)

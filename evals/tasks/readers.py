@@ -62,11 +62,24 @@ def read_rows(path: Path, source: str, bad: BadRows) -> Iterator[Row]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"{source}: no such file: {path}")
+    _check_utf8(path, source)
     if suffix in (".csv", ".tsv"):
         return _csv_rows(path, source, bad, delimiter="\t" if suffix == ".tsv" else ",")
     if suffix == ".jsonl":
         return _jsonl_rows(path, source, bad)
     return _json_list_rows(path, source, bad)
+
+
+def _check_utf8(path: Path, source: str) -> None:
+    """Refuse a file that is not UTF-8 with the line of its first bad byte (Python's own
+    error names neither the file nor the line)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TaskDataError(f"{source} line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; "
+                            "re-save the file as UTF-8") from None
 
 
 def records_to_rows(records: Iterable[dict[str, Any]], source: str) -> list[Row]:
@@ -85,7 +98,13 @@ def _csv_rows(path: Path, source: str, bad: BadRows, delimiter: str = ",") -> It
         header = [h.strip() for h in header]
         previous_end = reader.line_num
         index = 0
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # e.g. a field over csv.field_size_limit(), an open quote
+                raise TaskDataError(f"{source} line {previous_end + 1}: {e}") from None
             line, previous_end = previous_end + 1, reader.line_num  # quoted fields span lines
             if not any(v.strip() for v in values):
                 continue
