@@ -123,6 +123,17 @@ class RunConfig:
     seed: int = opt(0, "data order and sampling seed")
     seeds: int = opt(1, "> 1: train this many runs (seed, seed+1, ...) under OUT/seedN")
     api_base: str | None = opt(None, "use this OpenAI-compatible server instead of starting one")
+    gpu_memory_utilization: float | None = opt(None, "vLLM's share of its GPU's memory; default "
+                                               "on CUDA: computed from the model size and "
+                                               "--kv-cache-gib beside the trainer (vLLM's 0.9 "
+                                               "refuses to start once the trainer has loaded)")
+    kv_cache_gib: float = opt(2.0, "the policy server's KV cache, GiB")
+    max_model_len: int | None = opt(None, "the policy server's context limit (default: "
+                                    "max(4096, --max-len))")
+    tensor_parallel: int = opt(1, "vLLM tensor parallelism of the policy server")
+    data_parallel: int = opt(1, "vLLM data parallelism (engine replicas) of the policy server")
+    server_devices: str | None = opt(None, "CUDA devices of the policy server, e.g. '1' or "
+                                     "'2,3' (default: the trainer's, colocated)")
     out: str = opt("runs/demo", "the run folder (an existing one is resumed)")
     tensorboard: bool = opt(False, "also log to OUT/tensorboard")
     data_root: str | None = opt(None, "folder holding the bundled tasks' data (default: "
@@ -134,7 +145,9 @@ class RunConfig:
 
 # Changing these does not change what a step computes: a run may resume with new values.
 RESUMABLE = frozenset({"steps", "sync", "seeds", "checkpoint_every", "eval_limit", "eval_seed", "concurrency",
-                       "api_base", "out", "tensorboard", "data_root", "eval_every"})
+                       "api_base", "out", "tensorboard", "data_root", "eval_every",
+                       "gpu_memory_utilization", "kv_cache_gib", "max_model_len",
+                       "tensor_parallel", "data_parallel", "server_devices"})
 
 
 READS_ANSWERS = ("opsd", "ssopd", "sft", "gold_sft")  # methods that train on labelled data
@@ -290,6 +303,13 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         if rank != cfg.lora_r:
             p.error(f"--init-adapter {adapter} has LoRA rank {rank}, this run --lora-r "
                     f"{cfg.lora_r}: pass --lora-r {rank}")
+    if cfg.gpu_memory_utilization is not None and not 0 < cfg.gpu_memory_utilization <= 1:
+        p.error("--gpu-memory-utilization must be in (0, 1]")
+    if cfg.tensor_parallel < 1 or cfg.data_parallel < 1:
+        p.error("--tensor-parallel and --data-parallel must be >= 1")
+    if cfg.max_model_len is not None and cfg.max_model_len < cfg.max_len:
+        p.error(f"--max-model-len {cfg.max_model_len} is under --max-len {cfg.max_len}: the "
+                "server would refuse prompts training accepts")
     if cfg.sync_every < 1 or cfg.checkpoint_every < 1:
         p.error("--sync-every and --checkpoint-every must be >= 1")
     if cfg.checkpoint_every % cfg.sync_every:

@@ -323,7 +323,11 @@ def main(cfg: RunConfig) -> dict:
 
     sync_mode = resolve_sync(cfg.sync, cfg.api_base)
     with policy_endpoint(model_path, cfg.api_base, max_lora_rank=max(16, cfg.lora_r),
-                         max_model_len=max(4096, cfg.max_len),  # every prompt --max-len lets in
+                         # every prompt --max-len lets in
+                         max_model_len=cfg.max_model_len or max(4096, cfg.max_len),
+                         memory_utilization=cfg.gpu_memory_utilization,
+                         kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel,
+                         data_parallel_size=cfg.data_parallel, devices=cfg.server_devices,
                          enable_lora=sync_mode == "lora",
                          log_path=str(run_dir.path / "vllm.log")) as server:
         client = PolicyClient(server.base_url, server.model_name)

@@ -40,3 +40,26 @@ def auto_dtype_name(device_type: str | None = None) -> str:
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if cpu_native_bf16() else "float32"
+
+
+GIB = 1 << 30
+
+
+def colocated_memory_utilization(weights_bytes: int, kv_cache_gib: float, free_bytes: int,
+                                 total_bytes: int, overhead_gib: float = 1.5) -> float:
+    """vLLM's --gpu-memory-utilization for a server sharing its GPU with the trainer.
+
+    vLLM reserves that fraction of the device's *total* memory and refuses to start when
+    less is free, so its default 0.9 fails once the trainer has loaded first. The server
+    needs its weights, `kv_cache_gib` of KV cache and about `overhead_gib` (activations,
+    CUDA graphs); it gets that, never more than what is free now less 1 GiB of headroom,
+    and the rest stays the trainer's. Raises ValueError when even that does not fit."""
+    need = weights_bytes + (kv_cache_gib + overhead_gib) * GIB
+    room = free_bytes - GIB
+    if need > room:
+        raise ValueError(
+            f"the policy server needs about {need / GIB:.1f} GiB (weights {weights_bytes / GIB:.1f}"
+            f" + KV cache {kv_cache_gib:g} + {overhead_gib:g} overhead) but {free_bytes / GIB:.1f}"
+            f" GiB of {total_bytes / GIB:.1f} are free: serve on another device "
+            "(--server-devices), lower --kv-cache-gib, or set --gpu-memory-utilization")
+    return round(need / total_bytes, 4)

