@@ -49,9 +49,15 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def training_curves(runs: dict[str, Path], path: Path, title: str) -> Path:
-    """Loss, the student's on-policy accuracy (its own rollouts, graded) and the harness's
-    accuracy on the training batches, per step, one line per run."""
+    """Per step, one line per run: the loss; the student's own rollouts graded (on an
+    unlabelled pool, which has no answers to grade, the share that agrees with the
+    harness); and the held-out accuracy with no harness where the run measured it
+    (--eval-every points and its final evaluation), else the harness's accuracy on the
+    training batches."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    curves = {label: held_out_curve(run_dir) for label, run_dir in runs.items()}
+    held_out = any(curves.values())
+    pool = False
     for i, (label, run_dir) in enumerate(runs.items()):
         rows = read_metrics(run_dir)
         color = f"C{i % 10}"  # one colour per run in every panel, even where a panel skips it
@@ -60,16 +66,25 @@ def training_curves(runs: dict[str, Path], path: Path, title: str) -> Path:
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r.get("loss", float("nan")) for r in rows], label=label,
                      color=color)
-        axes[1].plot(steps, _smooth([r["student_correct"] / r["rollouts"] if r.get("rollouts")
+        unlabelled = any(r.get("unlabelled") for r in rows)
+        pool |= unlabelled
+        key = "student_agrees_harness" if unlabelled else "student_correct"
+        axes[1].plot(steps, _smooth([r.get(key, 0) / r["rollouts"] if r.get("rollouts")
                                      else float("nan") for r in rows]), label=label,
                      color=color)
-        if any(r.get("harness_correct") for r in rows):  # methods that never run the harness
+        if held_out:
+            if curves[label]:
+                axes[2].plot(*zip(*curves[label], strict=True), marker="o", label=label,
+                             color=color)
+        elif any(r.get("harness_correct") for r in rows):  # methods that never run the harness
             axes[2].plot(steps, _smooth([r["harness_correct"] / r["examples"]
                                          if r.get("examples") and "harness_correct" in r
                                          else float("nan") for r in rows]), label=label,
                          color=color)
-    for ax, name in zip(axes, ("loss (per response token)", "student rollouts correct",
-                               "harness correct (train batches)"), strict=True):
+    names = ("loss (per response token)",
+             "student rollouts correct" + (" (pool: agreeing with the harness)" if pool else ""),
+             "held-out accuracy, no harness" if held_out else "harness correct (train batches)")
+    for ax, name in zip(axes, names, strict=True):
         ax.set_xlabel("step")
         ax.set_title(name, fontsize=10)
     axes[0].legend(fontsize=7)
@@ -78,6 +93,22 @@ def training_curves(runs: dict[str, Path], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def held_out_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, accuracy with no harness) of a run on its held-out items: the --eval-every
+    points of metrics.jsonl, then its final evaluation (eval.json, the same items) at its
+    last step."""
+    rows = read_metrics(run_dir)
+    points = {r["step"]: r["eval_score"] for r in rows if r.get("eval_score") is not None}
+    try:
+        final = json.loads((run_dir / "eval.json").read_text())
+        trained = next(r for r in final["rows"] if r["model"] == "trained")
+        if rows:
+            points[max(r["step"] for r in rows)] = trained["score"]
+    except (OSError, ValueError, KeyError, StopIteration):
+        pass
+    return sorted(points.items())
 
 
 def _smooth(values: list[float], window: int = 4) -> list[float]:

@@ -228,3 +228,18 @@ def test_reuse_takes_rows_only_for_unchanged_weights_on_the_same_items(tmp_path)
     assert unchanged_since(load_subject(old), prior)  # a digest decides when there is one
     with pytest.raises(SystemExit, match="other items"):
         reusable_rows(path, "banking77", "labeled10pc", 200, 0, {})
+
+
+def test_held_out_curve_reads_eval_every_points_and_the_final_evaluation(tmp_path):
+    from evals.plots import held_out_curve
+
+    run = make_run(tmp_path / "run", 0, [1.0, 0.9, 0.8, 0.7])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()[:4]]
+    rows[1]["eval_score"] = 0.4
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert held_out_curve(run) == [(2, 0.4)]
+    (run / "eval.json").write_text(json.dumps({"rows": [
+        {"model": "base", "score": 0.1}, {"model": "trained", "score": 0.6}]}))
+    assert held_out_curve(run) == [(2, 0.4), (4, 0.6)]
+    path = training_curves({"r": run}, tmp_path / "curves.png", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

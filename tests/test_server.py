@@ -169,6 +169,7 @@ def test_cpu_command_never_splits_a_prefill(monkeypatch):
     mine = PolicyServer(ServerConfig(model="m", extra_args=["--enable-chunked-prefill"])).command()
     assert "--no-enable-chunked-prefill" not in mine  # the user's own choice wins
     monkeypatch.setattr(server_mod, "cuda_available", lambda: True)
+    monkeypatch.setattr(PolicyServer, "colocated_utilization", lambda self: 0.5)
     assert "--no-enable-chunked-prefill" not in PolicyServer(ServerConfig(model="m")).command()
 
 
