@@ -99,6 +99,7 @@ class ServerConfig:
     max_num_seqs: int | None = None
     seed: int = 0
     startup_timeout_s: float = 600.0
+    stopped_timeout_s: float = 30.0  # a server process stopped (SIGSTOP) this long is killed
     log_path: str | None = None
     extra_args: list[str] = field(default_factory=list)
     command: list[str] | None = None  # replaces the vLLM command (tests use a fake server)
@@ -264,7 +265,8 @@ class PolicyServer(_Adapters):
         )
         log.close()
         # SIGKILL or a lost terminal skip every handler below: the watchdog stops the group
-        self.watchdog = watchdog.spawn(self.proc.pid)
+        self.watchdog = watchdog.spawn(self.proc.pid, stopped_s=self.cfg.stopped_timeout_s,
+                                       log=str(self.log_path))
         _LIVE.add(self)
         try:
             self.wait_ready()

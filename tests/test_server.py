@@ -264,3 +264,22 @@ def test_placement_flags_and_the_colocated_memory_split(monkeypatch):
     assert apart.environment()["CUDA_VISIBLE_DEVICES"] == "1"
     chosen = PolicyServer(ServerConfig(model="m", memory_utilization=0.5)).command()
     assert chosen[chosen.index("--gpu-memory-utilization") + 1] == "0.5"
+
+
+def test_a_stopped_server_is_killed_and_the_run_says_why(tmp_path):
+    """SIGSTOP left requests hanging until their 600 s timeouts, retried: the watchdog kills
+    a server stopped for stopped_timeout_s, and leaving the block names the cause."""
+    import os
+    import signal
+
+    cfg = ServerConfig(command=[*FAKE], log_path=str(tmp_path / "server.log"),
+                       stopped_timeout_s=2.0)
+    with pytest.raises(ServerError, match="while in use") as err:
+        with PolicyServer(cfg) as server:
+            os.kill(server.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 20
+            while server.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert server.proc.poll() == -signal.SIGKILL
+            PolicyClient(server.base_url, "policy", max_attempts=2).complete([1, 2, 3])
+    assert "stopped (SIGSTOP) for 2 s; killed the server" in str(err.value)
