@@ -18,6 +18,7 @@ from harnesses.draft_verify import DraftVerify
 from harnesses.plan_solve import PlanSolve
 from harnesses.self_consistency import SelfConsistency
 from scaffold.errors import ScaffoldError
+from scaffold.user_code import UserCodeError, import_object
 
 __all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
            "load_program", "needs_index", "register", "task_prefill"]
@@ -63,20 +64,13 @@ def load_program(spec: str) -> str:
     = True` attribute on it asks for the precedent bank (the labelled examples)."""
     if spec in HARNESSES:
         return spec
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if ":" not in spec:
         raise ProgramSpecError(f"{spec!r} is not a harness; built-ins: {', '.join(HARNESSES)}, "
                                "or your own as package.module:Name")
-    import importlib
-
     try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - whatever the user's import raised, say so
-        raise ProgramSpecError(f"{spec}: cannot import {module_name!r} ({type(e).__name__}: "
-                               f"{e}); is its folder on PYTHONPATH or the current one?") from e
-    obj = getattr(module, attr, None)
-    if obj is None or not callable(obj):
-        raise ProgramSpecError(f"{spec}: {module_name} has no class or factory {attr!r}")
+        obj = import_object(spec, what="")
+    except UserCodeError as e:
+        raise ProgramSpecError(str(e).strip()) from e.__cause__
 
     def factory(task: Any, index: Any = None, **options: Any) -> dspy.Module:
         program = obj(task, index=index, **options)

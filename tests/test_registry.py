@@ -138,22 +138,30 @@ def test_local_folder_and_hub_id(tmp_path):
         resolve("smollm3")
 
 
-@pytest.mark.parametrize("harm", ["truncate", "flip", "delete"])
-def test_a_damaged_cache_is_detected_and_converted_again(tmp_path, fake_pip, monkeypatch, harm):
-    """The cache is checked against its size and hash manifest, not only its marker."""
-    import os
-
+def counted_conversion(monkeypatch, write_weights) -> tuple[BundledModel, list[int]]:
+    """A registered fake model whose conversion writes config.json and, through
+    `write_weights(path)`, model.safetensors; the list counts conversions."""
     model = fake_model()
     monkeypatch.setitem(registry.BUNDLED, model.name, model)
-    converted = []
+    converted: list[int] = []
 
     def convert(gguf, out):
         converted.append(1)
         out.mkdir()
         (out / "config.json").write_text("{}")
-        (out / "model.safetensors").write_bytes(b"weights" * 100)
+        write_weights(out / "model.safetensors")
 
     monkeypatch.setattr(registry, "convert_gguf", convert)
+    return model, converted
+
+
+@pytest.mark.parametrize("harm", ["truncate", "flip", "delete"])
+def test_a_damaged_cache_is_detected_and_converted_again(tmp_path, fake_pip, monkeypatch, harm):
+    """The cache is checked against its size and hash manifest, not only its marker."""
+    import os
+
+    model, converted = counted_conversion(monkeypatch, lambda path: path.write_bytes(
+        b"weights" * 100))
     folder = Path(resolve(model.name, cache=tmp_path))
     weights = folder / "model.safetensors"
     if harm == "truncate":
@@ -176,17 +184,8 @@ def test_a_cache_from_before_manifests_is_adopted_only_when_its_weights_are_whol
     import torch
     from safetensors.torch import save_file
 
-    model = fake_model()
-    monkeypatch.setitem(registry.BUNDLED, model.name, model)
-    converted = []
-
-    def convert(gguf, out):
-        converted.append(1)
-        out.mkdir()
-        (out / "config.json").write_text("{}")
-        save_file({"w": torch.ones(64)}, str(out / "model.safetensors"))
-
-    monkeypatch.setattr(registry, "convert_gguf", convert)
+    model, converted = counted_conversion(monkeypatch, lambda path: save_file(
+        {"w": torch.ones(64)}, str(path)))
     folder = Path(resolve(model.name, cache=tmp_path))
     marker = folder / registry.MARKER
     legacy = {k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}

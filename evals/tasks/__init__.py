@@ -37,6 +37,7 @@ from evals.tasks.errors import (
 )
 from evals.tasks.lawbench import LawBench33Task
 from evals.tasks.math_tasks import GSM8KTask, Math500Task, MathTask, UserMathTask
+from scaffold.user_code import UserCodeError, import_object
 
 BUILTIN_TASKS = {
     "banking77": Banking77Task,
@@ -57,7 +58,7 @@ def get_task(spec: str, data_root: str | Path | None = None) -> Task:
     if colon and kind in _USER_OPTIONS:
         return _user_task(kind, rest, spec)
     if colon and rest:
-        return _code_task(kind, rest, spec)
+        return _code_task(spec)
     if spec not in BUILTIN_TASKS:
         known = ", ".join([*BUILTIN_TASKS, "classification:TRAIN,TEST", "math:TRAIN,TEST",
                            "package.module:factory"])
@@ -65,20 +66,14 @@ def get_task(spec: str, data_root: str | Path | None = None) -> Task:
     return BUILTIN_TASKS[spec](resolve_root(data_root))
 
 
-def _code_task(module_name: str, attr: str, spec: str) -> Task:
+def _code_task(spec: str) -> Task:
     """`package.module:factory`: a Task subclass or a function of no arguments returning a
     `Task` (evals.tasks.base.Task: load, student_messages, parse, grade), from the user's
     code on PYTHONPATH or in the current folder."""
-    import importlib
-
     try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - whatever the user's import raised, say so
-        raise TaskSpecError(f"task {spec!r}: cannot import {module_name!r} "
-                            f"({type(e).__name__}: {e})") from e
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise TaskSpecError(f"task {spec!r}: {module_name} has no class or factory {attr!r}")
+        factory = import_object(spec, what="task")
+    except UserCodeError as e:
+        raise TaskSpecError(str(e)) from e.__cause__
     task = factory()
     if not isinstance(task, Task):
         raise TaskSpecError(f"task {spec!r} returned a {type(task).__name__}, not an "
