@@ -374,8 +374,8 @@ class RunDir:
         run folder (a foreign checkpoints.jsonl must not point the loader elsewhere)."""
         folder = (self.path / listed).resolve()
         if not folder.is_relative_to(self.path.resolve()):
-            raise RunConfigMismatch(f"{self.path / CHECKPOINTS_FILE}: checkpoint path {listed!r} lies "
-                             "outside the run folder; refusing to load it")
+            raise RunConfigMismatch(f"{self.path / CHECKPOINTS_FILE}: checkpoint path "
+                                    f"{listed!r} lies outside the run folder; refusing it")
         return folder
 
     def _truncate_metrics(self, after_step: int | None) -> None:

@@ -76,11 +76,17 @@ def stop_group(pgid: int, grace_s: float) -> None:
 def watch(owner_pid: int, pgid: int, grace_s: float = 10.0, stopped_s: float = STOPPED_S,
           log: str | None = None) -> None:
     stopped_since = None
-    while group_alive(pgid):
+    while True:
+        states = group_states(pgid)  # one /proc scan a poll: liveness and stopped state
+        if states is None:
+            if not group_alive(pgid):
+                return
+            states = {}
+        elif all(state == "Z" for state in states.values()):
+            return  # the group is gone (zombies count as gone)
         if os.getppid() != owner_pid:  # the owner died: we were re-parented
             stop_group(pgid, grace_s)
             return
-        states = group_states(pgid) or {}
         stopped = sorted(pid for pid, state in states.items() if state == "T")
         now = time.monotonic()
         stopped_since = (stopped_since or now) if stopped else None
