@@ -203,8 +203,9 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
     from transformers import AutoTokenizer
 
     from distill.answer_space import AnswerSpace
-    from distill.loop import StepInputs, score_teacher_on_server
+    from distill.loop import score_teacher_on_server
     from distill.losses import LossConfig
+    from distill.pairs import StepInputs
     from distill.trainer import DistillTrainer, TrainerConfig
     from evals.tasks import get_task
     from scaffold.chat import render_ids

@@ -94,7 +94,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from distill.loop import gold_target_ids
+    from distill.pairs import gold_target_ids
     from distill.trainer import lora_target_modules, resolve_dtype
     from evals.metrics import held_out
     from evals.runner import MAX_TOKENS, evaluate

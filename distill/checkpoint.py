@@ -4,6 +4,8 @@ Layout of a run folder::
 
     config.json              the run's config; a resume must pass the same one
     metrics.jsonl            one row per logged event ({"step": ..., ...})
+    transcripts.jsonl        a few training examples per step, token by token
+                             (distill.transcripts writes the rows, distill.view reads them)
     checkpoints.jsonl        one row per COMMITTED checkpoint {"step", "path", "time", **extra}
     checkpoints/step_000123/ adapter/ (peft folder vLLM can load) + state.pt (optimizer, RNG, EMA)
 
@@ -13,10 +15,10 @@ any moment leaves either the previous checkpoint or the new one, never half of o
 in the middle of an append leaves a torn last line; readers ignore it and opening the run
 folder cuts it off, so the next append starts on a fresh line.
 
-Metrics policy: `RunDir.restore` rewrites ``metrics.jsonl`` atomically, keeping only rows
-whose ``step`` is at most the restored checkpoint's step (all step rows when there is no
-checkpoint). Steps redone after a resume are therefore logged exactly once, and
-``metrics.jsonl`` stays a plain file any tool can read.
+Metrics policy: `RunDir.restore` rewrites ``metrics.jsonl`` and ``transcripts.jsonl``
+atomically, keeping only rows whose ``step`` is at most the restored checkpoint's step (all
+step rows when there is no checkpoint). Steps redone after a resume are therefore logged
+exactly once, and both stay plain files any tool can read.
 
 Data order is reproducible: `epoch_order` is a seeded permutation per epoch and a
 `DataCursor` (stored in the checkpoint's ``extra``) says where the next batch starts.
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+TRANSCRIPTS_FILE = "transcripts.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
@@ -286,7 +289,7 @@ class RunDir:
                 _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
         else:
             _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
-        for name in (METRICS_FILE, CHECKPOINTS_FILE):
+        for name in (METRICS_FILE, TRANSCRIPTS_FILE, CHECKPOINTS_FILE):
             _cut_torn_tail(self.path / name)
         # a checkpoint a killed run was writing: never committed, and the lock says nobody is
         for stale in (self.path / CHECKPOINTS_DIR).glob(".tmp_step_*"):
@@ -301,6 +304,15 @@ class RunDir:
     def metrics(self) -> list[dict]:
         """All metrics rows in the order they were logged."""
         return _read_jsonl(self.path / METRICS_FILE)
+
+    def log_transcripts(self, rows: Iterable[dict]) -> None:
+        """Append one step's transcript rows (each with its "step") to transcripts.jsonl."""
+        for row in rows:
+            _append_jsonl(self.path / TRANSCRIPTS_FILE, row)
+
+    def transcripts(self) -> list[dict]:
+        """All transcript rows, oldest step first."""
+        return _read_jsonl(self.path / TRANSCRIPTS_FILE)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -355,7 +367,8 @@ class RunDir:
         """Load the latest checkpoint into `trainer` (adapter weights + resume state), drop
         metrics rows logged after it, and return its `extra` (None for a fresh run)."""
         row = self.latest_checkpoint()
-        self._truncate_metrics(after_step=row["step"] if row else None)
+        for name in (METRICS_FILE, TRANSCRIPTS_FILE):
+            self._truncate_log(name, after_step=row["step"] if row else None)
         if row is None:
             return None
         folder = self._inside(row["path"])
@@ -378,18 +391,18 @@ class RunDir:
                                     f"{listed!r} lies outside the run folder; refusing it")
         return folder
 
-    def _truncate_metrics(self, after_step: int | None) -> None:
+    def _truncate_log(self, name: str, after_step: int | None) -> None:
         """Keep rows up to the checkpoint's step (rows without a step are kept); with no
         checkpoint the run starts over, so every row goes."""
-        rows = self.metrics()
+        rows = _read_jsonl(self.path / name)
         if after_step is None:
             kept = []
         else:
             kept = [r for r in rows if not isinstance(r.get("step"), int) or r["step"] <= after_step]
         if len(kept) != len(rows):
-            log.info("dropping %d metrics rows logged after the checkpoint", len(rows) - len(kept))
+            log.info("dropping %d %s rows logged after the checkpoint", len(rows) - len(kept), name)
             _atomic_write_text(
-                self.path / METRICS_FILE,
+                self.path / name,
                 "".join(json.dumps(r, default=_json_default) + "\n" for r in kept),
             )
 
@@ -401,6 +414,32 @@ class RunDir:
             folder = self._inside(row["path"])
             if folder != keep.resolve() and folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a reader (distill.view) needs of a run folder, read without taking its lock."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]
+    transcripts: list[dict]
+
+
+class NotARunFolder(ScaffoldError, FileNotFoundError):
+    """The folder holds no run (no config.json)."""
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """A run folder's config, metrics and transcripts, as they stand (a live run may be
+    appending: a torn last line is ignored, nothing is written)."""
+    path = Path(path)
+    config = path / CONFIG_FILE
+    if not config.is_file():
+        raise NotARunFolder(f"{path} is not a run folder (no {CONFIG_FILE}): pass the --out "
+                            "folder of a distill.run")
+    return RunRecord(path, json.loads(config.read_text(encoding="utf-8")),
+                     _read_jsonl(path / METRICS_FILE), _read_jsonl(path / TRANSCRIPTS_FILE))
 
 
 def _is_complete(folder: Path) -> bool:

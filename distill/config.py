@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from distill.methods import METHODS
 from scaffold.errors import ScaffoldError
 
-METHODS = ("ophsd", "opsd", "sft", "gold_sft", "ssopd")
 TEACHER_SCORERS = ("auto", "server", "trainer")
 LOSSES = ("reverse_kl", "forward_kl", "jsd", "topk_reverse_kl", "sampled_token")
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+def opt(default: Any, help: str, choices: Collection[str] | None = None) -> Any:  # noqa: A002
     """A RunConfig field with its --help text (and choices), like TRL's config fields."""
     meta: dict[str, Any] = {"help": help}
     if choices:
@@ -45,7 +46,7 @@ class RunConfig:
     method: str = opt("ophsd", "ophsd: distil the harness on the student's rollouts; opsd: "
                       "the reference answer as the teacher's context; ssopd: group-relative "
                       "self-distillation; sft: train on the harness's answers; gold_sft: train "
-                      "on gold labels", METHODS)
+                      "on gold labels", METHODS)  # the live registry: a method added to it is a choice
     steps: int = opt(16, "optimizer steps")
     batch_size: int = opt(32, "examples per optimizer step")
     rollouts: int = opt(1, "student samples per example (ssopd: the group size G, >= 2)")
@@ -136,6 +137,9 @@ class RunConfig:
                                      "'2,3' (default: the trainer's, colocated)")
     out: str = opt("runs/demo", "the run folder (an existing one is resumed)")
     tensorboard: bool = opt(False, "also log to OUT/tensorboard")
+    transcripts: int = opt(4, "training pairs a step written to OUT/transcripts.jsonl with the "
+                           "prompts, the harness trace and per-token divergence and top "
+                           "tokens (read them with python -m distill.view OUT; 0: none)")
     data_root: str | None = opt(None, "folder holding the bundled tasks' data (default: "
                                 "../shared/datasets or $SCAFFOLD_DATA)")
 
@@ -145,12 +149,11 @@ class RunConfig:
 
 # Changing these does not change what a step computes: a run may resume with new values.
 RESUMABLE = frozenset({"steps", "sync", "seeds", "checkpoint_every", "eval_limit", "eval_seed", "concurrency",
-                       "api_base", "out", "tensorboard", "data_root", "eval_every",
+                       "api_base", "out", "tensorboard", "data_root", "eval_every", "transcripts",
                        "gpu_memory_utilization", "kv_cache_gib", "max_model_len",
                        "tensor_parallel", "data_parallel", "server_devices"})
 
 
-READS_ANSWERS = ("opsd", "ssopd", "sft", "gold_sft")  # methods that train on labelled data
 
 
 def resolve_teacher_scorer(setting: str, teacher: str, answer_space: bool) -> str:
@@ -258,15 +261,14 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     except ProgramSpecError as e:
         p.error(f"--program {e}")
     if cfg.method not in METHODS:
-        p.error(f"--method must be one of {METHODS}")
+        p.error(f"--method must be one of {', '.join(METHODS)}")
+    method = METHODS[cfg.method]
     if not 0.0 <= cfg.on_policy_fraction <= 1.0:
         p.error("--on-policy-fraction must be in [0, 1]")
     if cfg.on_policy_fraction < 1.0 and resolve_loss(cfg.loss, "classification") == "sampled_token":
         p.error("sampled_token needs the sampling logprobs of every response: use "
                 "--on-policy-fraction 1")
-    trains_on_harness_answers = cfg.method == "sft" or (
-        cfg.method == "ophsd" and cfg.on_policy_fraction < 1.0)
-    if cfg.harness.get("reference_in_plan") and trains_on_harness_answers:
+    if cfg.harness.get("reference_in_plan") and method.trains_on_harness_answers(cfg):
         # The harness's own answers were written after reading the reference: training the
         # bare prompt on them teaches the answer without the work (GSM8K, Qwen: 0.28 -> 0.00,
         # every answer "The answer is N.").
@@ -282,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         p.error("--gold-batch-size must be >= 0")
     if not 0 <= cfg.gold_warmup_steps <= cfg.steps:
         p.error("--gold-warmup-steps must be between 0 and --steps")
-    if cfg.gold_warmup_steps and cfg.method != "ophsd":
+    if cfg.gold_warmup_steps and method.reads_answers:
         p.error("--gold-warmup-steps precedes OPHSD; for SFT alone use --method gold_sft")
     if (cfg.gold_batch_size or cfg.gold_warmup_steps) and \
             resolve_loss(cfg.loss, "classification") == "sampled_token":
@@ -319,14 +321,17 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                 f"{cfg.checkpoint_every}, or a resumed run samples another policy")
     if cfg.eval_every < 0:
         p.error("--eval-every must be >= 0")
+    if cfg.transcripts < 0:
+        p.error("--transcripts must be >= 0")
     if cfg.eval_every and cfg.eval_limit <= 0:
         # held_out(limit=0) is the whole test split: 3,080 BANKING77 items, 25 min a point
         p.error(f"--eval-every {cfg.eval_every} evaluates --eval-limit items, which is "
                 f"{cfg.eval_limit}: pass --eval-limit N (e.g. 300) or --eval-every 0")
     if (cfg.labeled_per_class or cfg.labeled) and cfg.harness.get("reference_in_plan") \
-            and cfg.method == "ophsd":
+            and not method.reads_answers:
         p.error("reference_in_plan reads a reference solution, which the unlabelled pool "
                 "does not have (--labeled-per-class / --labeled)")
-    if cfg.method == "ssopd" and cfg.rollouts < 2:
-        p.error("--method ssopd compares a group of rollouts: set --rollouts >= 2 (e.g. 4)")
+    if cfg.rollouts < method.min_rollouts:
+        p.error(f"--method {cfg.method} compares a group of rollouts: set --rollouts >= "
+                f"{method.min_rollouts} (e.g. 4)")
     return cfg

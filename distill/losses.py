@@ -96,24 +96,24 @@ class LossConfig:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
 
-def _kl_from_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
+def kl_from_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
     """``KL(p || q)`` per row from log-probabilities, with ``0 log 0 = 0``."""
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def _log_probs(logits: Tensor, temperature: float) -> Tensor:
+def log_probs(logits: Tensor, temperature: float) -> Tensor:
     return F.log_softmax(logits / temperature, dim=-1)
 
 
 def _jsd(student_logp: Tensor, teacher_logp: Tensor, beta: float) -> Tensor:
     if beta == 0.0:
-        return _kl_from_logprobs(teacher_logp, student_logp)
+        return kl_from_logprobs(teacher_logp, student_logp)
     if beta == 1.0:
-        return _kl_from_logprobs(student_logp, teacher_logp)
+        return kl_from_logprobs(student_logp, teacher_logp)
     mixture_logp = torch.logsumexp(
         torch.stack([teacher_logp + math.log(beta), student_logp + math.log1p(-beta)]), dim=0
     )
-    return beta * _kl_from_logprobs(teacher_logp, mixture_logp) + (1 - beta) * _kl_from_logprobs(
+    return beta * kl_from_logprobs(teacher_logp, mixture_logp) + (1 - beta) * kl_from_logprobs(
         student_logp, mixture_logp
     )
 
@@ -126,7 +126,7 @@ def _topk_reverse_kl(
     if not tail_bucket:
         s_logp = F.log_softmax(student_logits.gather(-1, idx), dim=-1)
         t_logp = F.log_softmax(teacher_logits.gather(-1, idx), dim=-1)
-        return _kl_from_logprobs(s_logp, t_logp)
+        return kl_from_logprobs(s_logp, t_logp)
 
     def buckets(logits: Tensor) -> Tensor:
         full_lse = logits.logsumexp(-1, keepdim=True)
@@ -138,15 +138,15 @@ def _topk_reverse_kl(
         tail = rest.clamp_min(math.log(torch.finfo(logits.dtype).tiny))
         return torch.cat([head, tail], dim=-1)
 
-    return _kl_from_logprobs(buckets(student_logits), buckets(teacher_logits))
+    return kl_from_logprobs(buckets(student_logits), buckets(teacher_logits))
 
 
 def _sampled_logprobs(
     student_logits: Tensor, teacher_logits: Tensor, sampled_ids: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
     ids = sampled_ids.long().unsqueeze(-1)
-    s = _log_probs(student_logits, temperature).gather(-1, ids).squeeze(-1)
-    t = _log_probs(teacher_logits, temperature).gather(-1, ids).squeeze(-1)
+    s = log_probs(student_logits, temperature).gather(-1, ids).squeeze(-1)
+    t = log_probs(teacher_logits, temperature).gather(-1, ids).squeeze(-1)
     return s, t
 
 
@@ -219,12 +219,12 @@ def per_token_divergence(
             student_logits / temp, teacher_logits / temp, cfg.top_k, cfg.tail_bucket
         )
     else:
-        s_logp = _log_probs(student_logits, temp)
-        t_logp = _log_probs(teacher_logits, temp)
+        s_logp = log_probs(student_logits, temp)
+        t_logp = log_probs(teacher_logits, temp)
         if cfg.kind == "reverse_kl":
-            loss = _kl_from_logprobs(s_logp, t_logp)
+            loss = kl_from_logprobs(s_logp, t_logp)
         elif cfg.kind == "forward_kl":
-            loss = _kl_from_logprobs(t_logp, s_logp)
+            loss = kl_from_logprobs(t_logp, s_logp)
         else:
             loss = _jsd(s_logp, t_logp, cfg.beta)
     if cfg.clip is not None:
@@ -277,9 +277,9 @@ def _chunk_losses(
     loss_sum = (loss * token_weights.to(dtype)).sum()
     with torch.no_grad():
         temp = cfg.temperature  # stats under a support: both sides restricted to it
-        s_logp = _log_probs(restrict(student_logits.detach(), support), temp)
-        t_logp = _log_probs(restrict(teacher_logits, support), temp)
-        kl_sum = _kl_from_logprobs(s_logp, t_logp).sum()
+        s_logp = log_probs(restrict(student_logits.detach(), support), temp)
+        t_logp = log_probs(restrict(teacher_logits, support), temp)
+        kl_sum = kl_from_logprobs(s_logp, t_logp).sum()
         entropy_sum = -(t_logp.exp() * t_logp).sum()
         zero = kl_sum.new_zeros(())
         sampled_kl = zero

@@ -18,7 +18,8 @@ What it does, in order:
 3. evaluates the base and the trained model with no harness on --eval-limit
    held-out test items and prints the table.
 
-Runs are durable: `--out` holds config.json, metrics.jsonl, checkpoints.jsonl
+Runs are durable: `--out` holds config.json, metrics.jsonl, transcripts.jsonl (read
+them with `python -m distill.view OUT`), checkpoints.jsonl
 and adapters. Kill it at any moment and rerun the same command: it resumes
 from the last checkpoint with the same data order and sampling seeds.
 """
@@ -34,10 +35,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from distill import transcripts
 from distill.answer_space import AnswerSpace
 from distill.checkpoint import RESUMABLE_KEYS, DataCursor, RunDir
 from distill.config import (
-    READS_ANSWERS,
     RESUMABLE,
     RunConfig,
     parse_args,
@@ -45,8 +46,9 @@ from distill.config import (
     resolve_loss,
     resolve_teacher_scorer,
 )
-from distill.loop import HARNESS_METHODS, collect
+from distill.loop import collect
 from distill.losses import LossConfig
+from distill.methods import get_method
 from distill.trainer import DistillTrainer, TrainerConfig
 from evals.bank import task_bank
 from evals.metrics import held_out
@@ -60,7 +62,7 @@ from scaffold.client import PolicyClient
 from scaffold.registry import resolve
 from scaffold.server import install_sigterm_handler, policy_endpoint
 from scaffold.trace import write_jsonl
-from scaffold.types import Example, Item
+from scaffold.types import Example, Item, TaskContract
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Run:
     """Everything a step needs (see distill.loop.collect)."""
 
     cfg: RunConfig
-    task: Any
+    task: TaskContract
     tokenizer: Any
     harness: Any
     client: PolicyClient
@@ -166,8 +168,11 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
                 inputs.pairs, inputs.weights,
                 inputs.sampling_logprobs if sampled_loss and not any(inputs.sft) else None,
                 supports=inputs.supports, sft=inputs.sft,
-                teacher_logprobs=inputs.teacher_logprobs if given else None)
+                teacher_logprobs=inputs.teacher_logprobs if given else None,
+                inspect=transcripts.pick(inputs, cfg.transcripts))
             row.update(stats)
+            run_dir.log_transcripts(transcripts.rows(step + 1, inputs,
+                                                     trainer.last_token_reports, run.tokenizer))
         else:
             # no signal, no step: counted, the data moves on, and so does the trainer's step
             # counter (a resumed run must find the trainer where the loop is)
@@ -203,7 +208,7 @@ def reads_policy(cfg: RunConfig, step: int) -> bool:
     harness, the server-scored teacher). Gold-only steps do not, so the policy is synced
     only before a step or an evaluation that reads it: a gold_sft step of 32 spent 3 s of
     its 37 s on a sync nothing read."""
-    return cfg.method != "gold_sft" and step >= cfg.gold_warmup_steps
+    return get_method(cfg.method).reads_policy and step >= cfg.gold_warmup_steps
 
 
 def curve_point(run: Run) -> dict[str, float]:
@@ -274,7 +279,7 @@ def training_data(cfg: RunConfig, task: Task) -> tuple[list[Example], list[Item]
         return train, train
     split = split_train(task, train, per_class=cfg.labeled_per_class, total=cfg.labeled,
                         seed=cfg.split_seed)
-    if cfg.method in READS_ANSWERS:
+    if get_method(cfg.method).reads_answers:
         return split.bank, split.bank
     if not split.pool:
         raise ValueError(f"{task.name}: the labelled bank takes the whole train split "
@@ -302,7 +307,7 @@ def main(cfg: RunConfig) -> dict:
             print_eval(done, f"{task.name}: no harness, {done[0].n} held-out items (eval.json)")
         return {"run_dir": str(run_dir.path), "eval": [r.row() for r in done]}
     harness = None  # only ophsd (teacher contexts) and sft (targets) run the harness
-    if cfg.method in HARNESS_METHODS:
+    if get_method(cfg.method).runs_harness:
         index = None
         if needs_index(cfg.program):  # the labelled bank, or a seeded share of the train split
             index = task_bank(task, examples=bank) if labelled_regime else \
@@ -313,7 +318,7 @@ def main(cfg: RunConfig) -> dict:
     space = AnswerSpace.from_texts(tokenizer, answers) if resolve_answer_space(
         cfg.answer_space, resolve_loss(cfg.loss, task.kind), answers is not None) else None
     scorer = resolve_teacher_scorer(cfg.teacher_scorer, cfg.teacher, space is not None) \
-        if cfg.method in ("ophsd", "opsd", "ssopd") else "trainer"
+        if get_method(cfg.method).has_teacher else "trainer"
     trainer = DistillTrainer(trainer_config(cfg, model_path, task.kind), tokenizer=tokenizer)
     writer = None
     if cfg.tensorboard:

@@ -24,6 +24,7 @@ from typing import Any
 
 from scaffold.chat import Messages
 from scaffold.trace import LMCall, Trace
+from scaffold.types import TaskContract
 
 POLICIES = ("final_request", "transcript")
 NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan"}
@@ -74,7 +75,7 @@ def from_trace(trace: Trace, student: Messages, policy: str = "final_request",
     return TeacherContext(messages, False)
 
 
-def with_reference(task: Any, example: Any) -> TeacherContext:
+def with_reference(task: TaskContract, example: Any) -> TeacherContext:
     """`opsd`: the student's prompt with the verified reference inserted before the answer."""
     return _with_note(task.student_messages(example), "A verified reference answer (use it, do "
                       "not mention it):", task.reference_text(example))

@@ -26,7 +26,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import numpy as np
 import psutil
 import torch
 
+from distill.distributed import any_rank, sum_gradients, sum_over_ranks
 from distill.losses import NO_MASS, LossConfig, chunked_distill_loss, chunked_nll
 from distill.shared_prefix import PrefixKV, suffix_hidden
 from distill.splicing import (
@@ -43,6 +44,7 @@ from distill.splicing import (
     pad_suffixes,
     shared_prefix_len,
 )
+from distill.token_report import TokenReport, token_report
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,8 @@ class DistillTrainer:
             weight_decay=cfg.weight_decay,
         )
         self._step = 0
+        # per pair index of the last train_step's `inspect`: what each side said per token
+        self.last_token_reports: dict[int, TokenReport] = {}
 
     # ------------------------------------------------------------------ forward passes
 
@@ -291,6 +295,7 @@ class DistillTrainer:
         supports: list[list[list[int]] | None] | None = None,
         teacher_logprobs: list[list[list[float]] | None] | None = None,
         sft: list[bool] | None = None,
+        inspect: Collection[int] = (),
     ) -> dict:
         """One optimizer step over `pairs` (micro-batches of `micro_batch_size`, gradients
         accumulated, global token-mean loss). A non-finite loss or gradient norm skips the
@@ -304,6 +309,8 @@ class DistillTrainer:
         teacher's log-probabilities of that token's support ids, computed elsewhere, e.g. by
         the vLLM server: no teacher forward runs for such a pair); `sft` (True: cross-entropy
         on the response ids, no teacher at all). `objective="sft"` marks every pair sft.
+        `inspect`: pair indices whose per-token report (distill.token_report, from this
+        step's forward, before the update) lands in `last_token_reports`.
 
         Pairs are grouped by what they need (sft, a given teacher, a teacher forward) and
         sorted by length inside each group, so micro-batches carry little padding; the loss
@@ -320,9 +327,12 @@ class DistillTrainer:
             if values is not None and len(values) != n_pairs:
                 raise ValueError(f"{len(values)} {name} for {n_pairs} pairs")
         lengths = [len(p.response_ids) for p in pairs]
-        total_tokens = sum(lengths)
-        if total_tokens == 0:
+        if sum(lengths) == 0:
             raise ValueError("the pairs have no response tokens")
+        # under torchrun this rank holds its share of the step: the token mean runs over
+        # every rank's tokens (distill.distributed), so the summed gradient is the step's
+        total_tokens, distill_tokens = (int(x) for x in sum_over_ranks(
+            [sum(lengths), sum(n for n, s in zip(lengths, sft_flags, strict=True) if not s)]))
         for i, n in enumerate(lengths):
             sup = supports[i] if supports is not None else None
             given = teacher_logprobs[i] if teacher_logprobs is not None else None
@@ -355,6 +365,7 @@ class DistillTrainer:
                 micro.append([i])
 
         self.optimizer.zero_grad(set_to_none=True)
+        self.last_token_reports = {}
         device = self.lm_head.weight.device
         vocab = self.lm_head.weight.shape[0]
         loss_sum = 0.0
@@ -401,6 +412,7 @@ class DistillTrainer:
             token_weights = None if weights is None else _per_token(
                 [weights[i] for i in idx], chunk_lengths, device)
             bias = getattr(self.lm_head, "bias", None)
+            token_logprobs = support = given = None
             if needs(idx[0]) == 0:
                 loss, stats = chunked_nll(student_h, self.lm_head.weight, sampled_ids,
                                           lm_head_bias=bias, weights=token_weights,
@@ -412,13 +424,24 @@ class DistillTrainer:
                     device=device)
                 given = None if teacher_h is not None else given_teacher_logits(
                     chunk_supports, [teacher_logprobs[i] for i in idx], vocab, device)
+                support = None if chunk_supports is None else support_mask(
+                    chunk_supports, chunk_lengths, vocab, device)
                 loss, stats = chunked_distill_loss(
                     student_h, teacher_h, self.lm_head.weight, self.cfg.loss,
                     lm_head_bias=bias, sampled_ids=sampled_ids,
                     sampling_logprobs=token_logprobs, weights=token_weights,
-                    support=None if chunk_supports is None else support_mask(
-                        chunk_supports, chunk_lengths, vocab, device),
-                    teacher_logits=given)
+                    support=support, teacher_logits=given)
+            offset = 0
+            for i, n in zip(idx, chunk_lengths, strict=True):
+                if i in inspect:
+                    rows = slice(offset, offset + n)
+                    self.last_token_reports[i] = self._report(
+                        student_h[rows], sampled_ids[rows],
+                        None if given is None else given[rows],
+                        None if teacher_h is None else teacher_h[rows],
+                        None if support is None else support[rows],
+                        None if token_logprobs is None else token_logprobs[rows])
+                offset += n
             micro_loss = float(loss.detach())
             if not math.isfinite(micro_loss):
                 nonfinite = True
@@ -440,7 +463,9 @@ class DistillTrainer:
         t0 = time.perf_counter()
         params = list(self._live_params.values())
         grad_norm = float("nan")
+        nonfinite = any_rank(nonfinite)  # one rank's overflow skips the step on all
         if not nonfinite:
+            sum_gradients(params)
             max_norm = self.cfg.max_grad_norm
             clip_to = max_norm if max_norm is not None and max_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
@@ -467,7 +492,8 @@ class DistillTrainer:
         def per_token(value: float) -> float:
             return float("nan") if nonfinite else value / total_tokens
 
-        distill_tokens = sum(n for n, s in zip(lengths, sft_flags, strict=True) if not s)
+        loss_sum, *summed = sum_over_ranks([loss_sum, *(stat_sums[k] for k in _SUMMED_STATS)])
+        stat_sums = dict(zip(_SUMMED_STATS, summed, strict=True))
         return {
             "loss": per_token(loss_sum),
             # the divergence stats cover the distilled tokens only (sft pairs have no teacher)
@@ -488,6 +514,20 @@ class DistillTrainer:
             "shared_prefix_tokens": 0 if student_prefix is None else student_prefix.length,
             "peak_rss_mb": _peak_rss_mb(),
         }
+
+    @torch.no_grad()
+    def _report(self, student_h: torch.Tensor, ids: torch.Tensor,
+                teacher_logits: torch.Tensor | None, teacher_h: torch.Tensor | None,
+                support: torch.Tensor | None, logprobs: torch.Tensor | None) -> TokenReport:
+        """One pair's token report: the teacher scored elsewhere (`teacher_logits`), by the
+        trainer (`teacher_h`, hidden states), or neither (a supervised pair)."""
+        weight = self.lm_head.weight.float()
+        bias = getattr(self.lm_head, "bias", None)
+        bias = None if bias is None else bias.float()
+        logits = torch.nn.functional.linear(student_h.detach().float(), weight, bias)
+        if teacher_h is not None:
+            teacher_logits = torch.nn.functional.linear(teacher_h.float(), weight, bias)
+        return token_report(logits, ids, self.cfg.loss, teacher_logits, support, logprobs)
 
     def _prefix(self, pairs: list[SplicedPair], side: str, grad: bool) -> PrefixKV | None:
         """The prefix every pair's `side` sequence shares, run once (None if not worth it)."""

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from evals.tasks.classification import label_key
+from scaffold.types import TaskContract
 
 _CASE = re.compile(r"\b(similar|example|e\.g\.|like the (message|case)|precedent|as in)\b",
                    re.IGNORECASE)
@@ -32,7 +32,7 @@ def labels_named(text: str, labels: Sequence[str]) -> list[str]:
     return [lab for pos, lab in sorted(found) if pos >= 0]
 
 
-def answer_diagnostics(task: Any, completions: Sequence[str]) -> dict[str, float]:
+def answer_diagnostics(task: TaskContract, completions: Sequence[str]) -> dict[str, float]:
     """Rates over a list of bare-model completions (empty dict for no completions)."""
     n = len(completions)
     if n == 0:

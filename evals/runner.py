@@ -14,6 +14,7 @@ from evals.metrics import mean_ci
 from harnesses import build_harness
 from scaffold.executor import run_program
 from scaffold.trace import Trace
+from scaffold.types import TaskContract
 
 MAX_TOKENS = {"classification": 24, "multilabel": 64, "math": 512}
 
@@ -45,7 +46,7 @@ class EvalResult:
         return d
 
 
-def evaluate(task: Any, program_name: str, items: list[Any], *, lm: Any, model_label: str,
+def evaluate(task: TaskContract, program_name: str, items: list[Any], *, lm: Any, model_label: str,
              index: Any = None, concurrency: int = 16, harness_options: dict | None = None,
              progress: bool = True) -> EvalResult:
     program = build_harness(program_name, task, index=index, **(harness_options or {}))

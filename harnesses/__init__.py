@@ -18,6 +18,7 @@ from harnesses.draft_verify import DraftVerify
 from harnesses.plan_solve import PlanSolve
 from harnesses.self_consistency import SelfConsistency
 from scaffold.errors import ScaffoldError
+from scaffold.types import TaskContract
 from scaffold.user_code import UserCodeError, import_object
 
 __all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
@@ -43,7 +44,7 @@ def needs_index(name: str) -> bool:
     return load_program(name) in NEEDS_INDEX
 
 
-def build_harness(name: str, task: Any, index: Any = None, **options: Any) -> dspy.Module:
+def build_harness(name: str, task: TaskContract, index: Any = None, **options: Any) -> dspy.Module:
     name = load_program(name)  # a built-in, or the user's package.module:Name
     if name in NEEDS_INDEX and index is None:
         raise ValueError(f"harness {name!r} needs a precedent index built from the train split")
@@ -72,7 +73,7 @@ def load_program(spec: str) -> str:
     except UserCodeError as e:
         raise ProgramSpecError(str(e).strip()) from e.__cause__
 
-    def factory(task: Any, index: Any = None, **options: Any) -> dspy.Module:
+    def factory(task: TaskContract, index: Any = None, **options: Any) -> dspy.Module:
         program = obj(task, index=index, **options)
         if not isinstance(program, dspy.Module):
             raise ProgramSpecError(f"{spec} returned a {type(program).__name__}, not a "

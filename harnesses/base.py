@@ -19,7 +19,7 @@ from typing import Any
 import dspy
 
 from scaffold.chat import Messages
-from scaffold.types import Example
+from scaffold.types import Example, TaskContract
 
 Render = Callable[[dict[str, Any]], Messages]
 
@@ -39,7 +39,7 @@ def chat_step(name: str, doc: str, inputs: list[str], render: Render) -> type[ds
     return sig
 
 
-def answer_config(task: Any) -> dict[str, Any]:
+def answer_config(task: TaskContract) -> dict[str, Any]:
     """Request settings of a step whose completion is the task's answer: stop where the
     answer ends (one-line label answers stop at the line end) instead of at max_tokens."""
     stop = getattr(task, "stop", None)
@@ -51,7 +51,7 @@ def question_only(question: str) -> Any:
     return Example(id="", question=question, answer="")
 
 
-def task_prefill(task: Any) -> list[dict[str, str]]:
+def task_prefill(task: TaskContract) -> list[dict[str, str]]:
     """The assistant prefill of the task's answer contract ([] when the task has none)."""
     return [{"role": "assistant", "content": task.answer_prefix}] if task.answer_prefix else []
 
@@ -61,7 +61,7 @@ class Bare(dspy.Module):
 
     name = "none"
 
-    def __init__(self, task: Any):
+    def __init__(self, task: TaskContract):
         super().__init__()
         self.task = task
         self.answer = dspy.Predict(chat_step(

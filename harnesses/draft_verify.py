@@ -43,6 +43,7 @@ import dspy
 from harnesses.base import answer_config, chat_step, question_only, task_prefill
 from scaffold.precedents import weighted_vote
 from scaffold.trace import note_fallback
+from scaffold.types import TaskContract
 
 VERIFY_MODES = ("disagree", "always", "never")
 DRAFT_PROMPTS = ("task", "short")
@@ -56,7 +57,7 @@ def _precedent_lines(precedents: list[Any], prefix: str) -> str:
 class DraftVerify(dspy.Module):
     name = "draft_verify"
 
-    def __init__(self, task: Any, index: Any, k: int = 3, k_confirm: int = 3,
+    def __init__(self, task: TaskContract, index: Any, k: int = 3, k_confirm: int = 3,
                  k_challenge: int = 3, verify: str = "never", draft_prompt: str = "short",
                  order: str = "similar_last"):
         super().__init__()

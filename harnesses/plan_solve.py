@@ -27,6 +27,7 @@ import dspy
 
 from harnesses.base import answer_config, chat_step, question_only
 from scaffold.trace import note_fallback
+from scaffold.types import TaskContract
 
 PLAN_INSTRUCTION = (
     "Write a short numbered plan (at most 5 steps) for solving this problem. "
@@ -59,7 +60,7 @@ def hide_results(plan: str, question: str) -> str:
 class PlanSolve(dspy.Module):
     name = "plan_solve"
 
-    def __init__(self, task: Any, max_plan_chars: int = 1200, reference_in_plan: bool = False,
+    def __init__(self, task: TaskContract, max_plan_chars: int = 1200, reference_in_plan: bool = False,
                  hide_plan_results: bool = False):
         super().__init__()
         self.task, self.max_plan_chars = task, max_plan_chars

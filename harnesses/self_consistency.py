@@ -12,12 +12,13 @@ import dspy
 
 from harnesses.plan_solve import PlanSolve
 from scaffold.trace import LMCall, Trace
+from scaffold.types import TaskContract
 
 
 class SelfConsistency(dspy.Module):
     name = "self_consistency"
 
-    def __init__(self, task: Any, n: int = 5, temperature: float = 0.7, **plan_solve: Any):
+    def __init__(self, task: TaskContract, n: int = 5, temperature: float = 0.7, **plan_solve: Any):
         super().__init__()
         self.task, self.n, self.temperature = task, n, temperature
         self.solver = PlanSolve(task, **plan_solve)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,31 @@ Item = Example | Question  # what a harness may be run on
 
 def is_labelled(item: Item) -> bool:
     return isinstance(item, Example)
+
+
+@runtime_checkable
+class TaskContract(Protocol):
+    """What training and the harnesses read of a task (evals.tasks.Task implements it; a
+    `--task package.module:factory` of a user's own must too)."""
+
+    name: str
+    kind: str  # "classification" | "multilabel" | "math"
+    answer_prefix: str  # the assistant prefill both the student and the teacher answer after
+
+    def load(self, split: str, limit: int | None = None,
+             on_bad_row: str = "error") -> list[Example]: ...
+
+    def student_messages(self, ex: Item, evidence: str | None = None) -> list[dict]:
+        """The bare prompt (chat messages, ending in the answer prefill if any)."""
+        ...
+
+    def parse(self, completion: str) -> str | None: ...
+
+    def grade(self, completion: str, ex: Example) -> float: ...
+
+    @property
+    def stop(self) -> list[str] | None: ...
+
+    def answer_texts(self) -> list[str] | None: ...
+
+    def reference_text(self, ex: Example) -> str: ...

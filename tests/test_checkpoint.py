@@ -19,6 +19,7 @@ from distill.checkpoint import (  # noqa: E402
 )
 from distill.splicing import splice  # noqa: E402
 from tests.test_trainer import make_trainer, save_tiny_llama  # noqa: E402
+from tests.test_transcripts import CharTokenizer  # noqa: E402
 
 SEED = 7
 BATCH = 2
@@ -250,7 +251,7 @@ def test_a_step_without_pairs_keeps_the_run_resumable(tiny_model_dir, tmp_path, 
 
     import distill.run as run_mod
     from distill.config import RunConfig
-    from distill.loop import StepInputs
+    from distill.pairs import StepInputs
 
     data = dataset()
 
@@ -266,16 +267,19 @@ def test_a_step_without_pairs_keeps_the_run_resumable(tiny_model_dir, tmp_path, 
     synced = []
     cfg = RunConfig(steps=3, batch_size=BATCH, checkpoint_every=1, seed=SEED, lr_schedule="constant")
     fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
-                               teacher_scorer="trainer",
+                               teacher_scorer="trainer", tokenizer=CharTokenizer(),
                                sync=lambda trainer, step: synced.append(step))
     run_dir = RunDir(tmp_path, cfg.to_dict())
     run_mod.train(fake_run, make_trainer(tiny_model_dir), run_dir, data)
     rows = run_dir.metrics()
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[1].get("skipped_no_pairs") == 1
+    # every pair of a step of BATCH is in the transcript (--transcripts 4), none of step 2
+    assert [r["step"] for r in run_dir.transcripts()] == [1] * BATCH + [3] * BATCH
     resumed = make_trainer(tiny_model_dir)
     fake_run.cfg = RunConfig(**{**cfg.to_dict(), "steps": 4})
     run_mod.train(fake_run, resumed, RunDir(tmp_path, fake_run.cfg.to_dict()), data)
     assert resumed.step == 4 and [r["step"] for r in run_dir.metrics()] == [1, 2, 3, 4]
+    assert [r["step"] for r in run_dir.transcripts()] == [1] * BATCH + [3] * BATCH + [4] * BATCH
 
 
 def test_a_config_key_added_later_resumes_at_its_default(tmp_path):

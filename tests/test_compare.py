@@ -243,3 +243,11 @@ def test_held_out_curve_reads_eval_every_points_and_the_final_evaluation(tmp_pat
     assert held_out_curve(run) == [(2, 0.4), (4, 0.6)]
     path = training_curves({"r": run}, tmp_path / "curves.png", "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_name_that_is_not_a_file_stem_is_refused_before_any_work(capsys):
+    from evals.compare import main
+
+    with pytest.raises(SystemExit):
+        main(["--task", "banking77", "--name", "../elsewhere"])
+    assert "--name '../elsewhere'" in capsys.readouterr().err

@@ -258,7 +258,7 @@ def test_prefill_switches_are_sent_only_for_a_prefill():
         assert isinstance(lm, ScaffoldLM)
         with dspy.context(lm=lm, adapter=PlainChatAdapter()):
             pred = dspy.Predict(Draft)(query="my card")
-        lm(messages=[{"role": "user", "content": "hello"}])
+        lm("hello")  # a prompt: one user message, as DSPy renders it
     with_prefill, without = srv.requests
     assert srv.paths == ["/v1/chat/completions"] * 2
     assert pred.label == "card_arrival"
@@ -298,7 +298,7 @@ def test_server_error_is_retried():
     script = [(500, {"error": {"message": "engine hiccup"}}), (200, chat_completion(" ok"))]
     with FakeOpenAIServer(script) as srv:
         lm = make_lm(srv.api_base, "policy", num_retries=2)
-        assert lm(messages=[{"role": "user", "content": "hi"}]) == [" ok"]
+        assert lm("hi") == [" ok"]
     assert len(srv.requests) == 2
 
 
@@ -309,7 +309,7 @@ def test_unreachable_server_gives_a_clear_error_quickly():
     lm = make_lm(f"http://127.0.0.1:{port}/v1", "policy", num_retries=1, timeout=5)
     start = time.perf_counter()
     with pytest.raises(ConnectionError) as info:
-        lm(messages=[{"role": "user", "content": "hi"}])
+        lm("hi")
     assert isinstance(info.value, PolicyServerUnreachable)
     assert f"http://127.0.0.1:{port}/v1/chat/completions" in str(info.value)
     assert time.perf_counter() - start < 20

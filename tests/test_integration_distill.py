@@ -33,6 +33,14 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     assert [c["step"] for c in ckpts] == [1, 2, 3]
     assert ckpts[-1]["cursor"] == {"epoch": 0, "index": 6}  # 3 steps x 2 examples, in order
     assert (out / "policy_weights" / "model.safetensors").exists()
+    # transcripts: the resumed run's steps once each, the harness's calls inside
+    from distill.checkpoint import read_run
+
+    notes = read_run(out).transcripts
+    assert sorted({r["step"] for r in notes}) == [1, 2, 3]
+    assert len(notes) == len({(r["step"], r["pair"]) for r in notes})
+    traced = [r for r in notes if r["trace"]]
+    assert traced and all(r["trace"]["program"] == "draft_verify" for r in traced)
     # final_eval served base again after trained: the base row matches the first run's
     assert third["eval"][0]["score"] == first["eval"][0]["score"]
     # the same command once more: the run is finished, its saved table comes back, nothing reruns
@@ -70,4 +78,29 @@ def test_methods_without_a_harness_step_on_the_real_stack(vllm_server, tmp_path,
         assert row["rollouts"] == 3 and "off_answer_space" in row
     else:
         assert row["sft_targets"] == 3
+    gc.collect()
+
+
+def test_a_user_harness_trains_and_its_teacher_context_is_in_the_transcript(vllm_server,
+                                                                           tmp_path):
+    """A harness from a test module, never registered, named on the command line: it trains
+    a step, and the transcript (and the viewer's page) shows the teacher context it built."""
+    from distill.view import write
+    from tests.user_harness import MARKER
+
+    out = tmp_path / "user"
+    main(parse_args(["--program", "tests.user_harness:HintedAnswer", "--batch-size", "2",
+                     "--steps", "1", "--eval-limit", "0", "--max-new-tokens", "12",
+                     "--transcripts", "4", "--api-base", vllm_server.base_url,
+                     "--out", str(out)]))
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["tokens"] > 0 and row["loss"] == row["loss"] and row["fallback"] == 0
+    notes = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert notes and all(r["kind"] in ("rollout", "harness_path") for r in notes)
+    for r in notes:
+        teacher = "\n".join(m["content"] for m in r["teacher_messages"])
+        assert MARKER in teacher and MARKER not in r["student_prompt"]
+        assert [c["step"] for c in r["trace"]["calls"]] == ["answer"]  # the predictor's name
+        assert r["tokens"] and all(t["kl"] is not None for t in r["tokens"])
+    assert MARKER in write(out).read_text()
     gc.collect()

@@ -90,7 +90,7 @@ def test_line_end_stops_keep_the_exact_ids_of_the_first_line(vllm_server, smollm
     label harness steps ask) ends the text before the newline but keeps its token id."""
     from transformers import AutoTokenizer
 
-    from distill.loop import first_line, line_end_ids
+    from distill.pairs import first_line, line_end_ids
 
     client = PolicyClient(vllm_server.base_url, vllm_server.model_name)
     tok = AutoTokenizer.from_pretrained(smollm2_path)
@@ -130,7 +130,8 @@ def test_server_scored_teacher_equals_the_trainers_teacher_forward(vllm_server, 
     trains on) equals the trainer's own teacher forward on the same live weights: within
     1e-3 in fp32 (measured ~1e-5), 0.15 where both run bf16; so does the step's loss."""
     from distill.answer_space import AnswerSpace
-    from distill.loop import StepInputs, score_teacher_on_server
+    from distill.loop import score_teacher_on_server
+    from distill.pairs import StepInputs
     from distill.splicing import collate, gather_response_positions
     from distill.trainer import DistillTrainer, TrainerConfig
     from evals.tasks import get_task

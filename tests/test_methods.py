@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from distill.config import RunConfig, parse_args, resolve_loss
-from distill.loop import StepInputs, _add_ssopd, gold_target_ids, ssopd_weight
+from distill.methods import METHODS, Collected, PairSource, add_harness_path, ssopd_weight
+from distill.pairs import StepInputs, gold_target_ids
 from distill.run import resolve_sync
 from distill.teacher import with_worked_answer
 from evals.tasks.base import Example
@@ -69,7 +70,8 @@ def test_ssopd_distils_shortest_correct_into_longest_wrong():
     group = [completion(" card_arrival\nbecause it is late"), completion(" card_arrival"),
              completion(" lost_card"), completion(" card_payment_wrong_amount")]
     out = StepInputs()
-    _add_ssopd(ctx, out, ex, student, student_ids, group)
+    METHODS["ssopd"].add_pairs(ctx, out, Collected(ex, student, student_ids, True,
+                                                   rollouts=group))
     assert out.counts["rollouts"] == 4 and out.counts["student_correct"] == 2
     assert out.counts["ssopd_mixed"] == 1 and out.weights == [pytest.approx(1.0)]
     pair = out.pairs[0]
@@ -87,8 +89,9 @@ def test_ssopd_group_without_contrast_adds_no_pair():
     ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig())
     out = StepInputs()
     student = [{"role": "user", "content": "Q"}]
-    _add_ssopd(ctx, out, ex, student, tok.apply_chat_template(student),
-               [completion(" b"), completion(" c")])
+    METHODS["ssopd"].add_pairs(ctx, out, Collected(
+        ex, student, tok.apply_chat_template(student), True,
+        rollouts=[completion(" b"), completion(" c")]))
     assert out.pairs == [] and out.counts["rollouts"] == 2 and out.counts["ssopd_mixed"] == 0
 
 
@@ -128,7 +131,7 @@ def test_step_inputs_add_counts_a_too_long_context_and_never_cuts():
 
 
 def test_on_policy_fraction_is_seeded_and_harness_paths_use_the_exact_ids():
-    from distill.loop import _add_harness_path, on_policy_example
+    from distill.methods import on_policy_example
 
     cfg = RunConfig(on_policy_fraction=0.25, seed=3)
     picks = [on_policy_example(cfg, 5, i) for i in range(400)]
@@ -143,11 +146,11 @@ def test_on_policy_fraction_is_seeded_and_harness_paths_use_the_exact_ids():
     final = SimpleNamespace(completion=" card_arrival\nmore", completion_token_ids=ids)
     trace = SimpleNamespace(final_call=lambda: final)
     out = StepInputs()
-    _add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0)
+    add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0, PairSource("harness_path"))
     assert tok.decode(out.pairs[0].response_ids) == " card_arrival\n"  # first line, exact ids
     assert out.pairs[0].teacher_ids[:3] == [1, 2, 3] and out.counts["harness_paths"] == 1
     final.completion_token_ids = None  # no recorded ids: never re-tokenized, skipped
-    _add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0)
+    add_harness_path(ctx, out, [1, 2], [1, 2, 3], trace, 1.0, PairSource("harness_path"))
     assert out.counts["harness_paths_skipped"] == 1 and len(out.pairs) == 1
 
 
@@ -182,7 +185,7 @@ def label_task_with_prompt() -> LabelTask:
 
 
 def test_line_end_ids_are_the_tokens_first_line_stops_at():
-    from distill.loop import first_line, line_end_ids
+    from distill.pairs import first_line, line_end_ids
 
     tok = SizedCharTokenizer()
     assert line_end_ids(tok) == [ord("\n") + 10]
@@ -194,6 +197,7 @@ def test_collect_samples_only_the_examples_it_trains_on_policy(monkeypatch):
     """ophsd with a 1/4 on-policy share asks the server for rollouts of those examples only,
     stopping label answers at the line end; the others train on the harness's own answer."""
     import distill.loop as loop
+    from distill.methods import sample_seed
 
     tok, task = SizedCharTokenizer(), label_task_with_prompt()
     examples = [Example(f"e{i}", f"question {i}", "card_arrival") for i in range(40)]
@@ -205,12 +209,12 @@ def test_collect_samples_only_the_examples_it_trains_on_policy(monkeypatch):
                           policy_name="policy", max_new_tokens=24,
                           policy_lm=lambda **kw: None)
     out = loop.collect(ctx, 3, examples)
-    chosen = {i for i in range(40) if loop.on_policy_example(cfg, 3, i)}
+    chosen = {i for i in range(40) if METHODS["ophsd"].on_policy(cfg, 3, i)}
     assert 0 < len(chosen) < 40
     assert len(client.requests) == len(chosen) == out.counts["rollouts"]
     assert all(r["stop_token_ids"] == [ord("\n") + 10] for r in client.requests)
     assert out.counts["harness_paths"] == 40 - len(chosen) and len(out.pairs) == 40
-    assert {r["seed"] for r in client.requests} == {loop.sample_seed(1, 3, i) for i in chosen}
+    assert {r["seed"] for r in client.requests} == {sample_seed(1, 3, i) for i in chosen}
 
 
 def test_a_prompt_with_no_room_for_an_answer_is_skipped_before_any_request(monkeypatch):
@@ -316,3 +320,42 @@ def fake_harness_runner(tok, completion: str):
         return out
 
     return run_program
+
+
+def test_each_method_says_what_it_runs_samples_and_reads():
+    flags = {name: (m.runs_harness, m.samples, m.reads_answers, m.has_teacher, m.reads_policy)
+             for name, m in METHODS.items()}
+    assert flags == {
+        "ophsd": (True, True, False, True, True),
+        "opsd": (False, True, True, True, True),
+        "ssopd": (False, True, True, True, True),
+        "sft": (True, False, True, False, True),
+        "gold_sft": (False, False, True, False, False),
+    }
+
+
+def test_a_new_method_is_one_new_object(monkeypatch):
+    """A method added to METHODS is accepted by the CLI and driven by the loop: it is asked
+    for the pairs of each example, after the rollouts it asked for."""
+    import distill.loop as loop
+    from distill.methods import Method, add_target
+
+    class Echo(Method):
+        name = "echo"
+        samples = reads_answers = True
+        has_teacher = False
+
+        def add_pairs(self, ctx, out, item):  # train on the student's own first rollout
+            add_target(ctx, out, item.student_ids, list(item.rollouts[0].token_ids),
+                       PairSource("echo", item.example.id))
+
+    monkeypatch.setitem(METHODS, "echo", Echo())
+    cfg = parse_args(["--method", "echo"])
+    tok, task = SizedCharTokenizer(), label_task_with_prompt()
+    client = RecordingClient()
+    ctx = SimpleNamespace(cfg=cfg, task=task, tokenizer=tok, client=client,
+                          policy_name="policy", max_new_tokens=24)
+    out = loop.collect(ctx, 0, [Example("e0", "q", "card_arrival")])
+    assert len(client.requests) == 1 and out.sft == [True]
+    assert [s.kind for s in out.sources] == ["echo"]
+    assert tok.decode(out.pairs[0].response_ids) == " card_arrival\n"

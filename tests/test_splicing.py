@@ -187,7 +187,7 @@ def test_real_tokenizer_splice(smollm2_path):
 
 
 def test_first_line_cuts_after_newline_or_eos():
-    from distill.loop import first_line
+    from distill.pairs import first_line
 
     class Tok:
         eos_token_id = 2

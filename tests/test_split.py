@@ -129,7 +129,8 @@ class ScoringClient:
 
 def test_the_server_scores_only_positions_with_a_choice():
     from distill.answer_space import AnswerSpace
-    from distill.loop import StepInputs, score_teacher_on_server
+    from distill.loop import score_teacher_on_server
+    from distill.pairs import StepInputs
 
     space = AnswerSpace([[5, 6], [5, 7], [8]], end_ids=[2])
     out = StepInputs()
@@ -168,7 +169,7 @@ def test_gold_warmup_steps_train_the_bank_first_then_the_pool(monkeypatch, tmp_p
     pool's order untouched by the warm-up."""
     import distill.run as run_mod
     from distill.checkpoint import DataCursor
-    from distill.loop import StepInputs
+    from distill.pairs import StepInputs
 
     seen = []
 
@@ -196,7 +197,7 @@ def test_gold_sft_syncs_the_policy_only_for_evaluations_and_the_end(monkeypatch,
     """gold_sft never reads the served policy while it trains: a sync per step would be
     3 s of 37 spent on nothing; it syncs before each curve evaluation and at the end."""
     import distill.run as run_mod
-    from distill.loop import StepInputs
+    from distill.pairs import StepInputs
 
     monkeypatch.setattr(run_mod, "collect", lambda run, step, examples, gold=(): StepInputs())
     monkeypatch.setattr(run_mod, "curve_point", lambda run: {"eval_score": 0.0})

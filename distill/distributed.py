@@ -1,0 +1,91 @@
+"""Data parallelism across processes (torchrun), for the trainer's step.
+
+    torchrun --nproc_per_node 2 ...   # gloo on CPU, NCCL on GPU (`init_from_env`)
+
+Each rank trains on its share of a step's pairs; `DistillTrainer.train_step` then makes
+the step the one a single process would take on all of them: the loss is normalised by
+the step's token count over every rank, and the LoRA gradients are summed over ranks
+with one `all_reduce` of one flat buffer before clipping, so every rank clips the same
+gradient and takes the same optimizer step (tests/test_distributed.py checks both
+against a 1-process step on the same batch).
+
+Why not torch's DistributedDataParallel wrapper: its reducer syncs inside each backward
+of the wrapped module's forward, and a step here runs several backwards (one per
+micro-batch, then one through the shared prompt prefix, distill.shared_prefix) whose sum
+is the gradient; reducing once after all of them is the same collective DDP issues,
+without syncing partial gradients or tracking which parameters each backward touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's rank and the world size (rank 0 of 1 outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def init_from_env() -> World:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the
+    environment); a plain `python` process stays alone."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return world()
+
+
+def shard(indices: Sequence[int], w: World) -> list[int]:
+    """This rank's share of a step's examples: every `size`-th one from `rank` on."""
+    return list(indices[w.rank::w.size])
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """Element-wise sum over ranks (each rank passes the same number of values)."""
+    if world().size == 1:
+        return list(values)
+    buf = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is true on any rank."""
+    if world().size == 1:
+        return flag
+    buf = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return bool(buf.item())
+
+
+def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Replace each parameter's gradient by its sum over ranks (one flat all_reduce); a
+    parameter without a gradient contributes zeros."""
+    if world().size == 1 or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n

@@ -1,0 +1,252 @@
+"""One object per training method: what it runs, what it samples, what it trains on.
+
+`distill.loop.collect` runs the harness where `runs_harness`, samples the student where
+`samples` (and `on_policy` says so for the example), then hands each example to the
+method's `add_pairs`. The config checks and the run read the same flags, so a new method
+is one new class here and one entry in `METHODS`.
+
+- ophsd: the harness's final request is the teacher's context; the student's rollouts
+  (a seeded `on_policy_fraction` of the examples) or the harness's own answer path train.
+- opsd: the teacher sees the reference answer; every example is sampled.
+- ssopd: per prompt, the shortest correct of a group of rollouts is shown to the teacher
+  and distilled into the longest wrong one (no reference, no harness).
+- sft: the harness's correct final answers are cross-entropy targets.
+- gold_sft: the dataset's gold answers are (the sceptic's baseline).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+from distill import teacher as teacher_ctx
+from distill.pairs import PairSource, StepInputs, answer_ids, first_line, gold_target_ids
+from scaffold.chat import render_ids
+from scaffold.trace import Trace
+from scaffold.types import Example, Item, is_labelled
+
+
+@dataclass
+class Collected:
+    """One example of a step after the harness and the student's rollouts ran."""
+
+    example: Item
+    student_messages: list[dict]
+    student_ids: list[int]
+    on_policy: bool  # trains on the student's rollouts (ophsd decides per example)
+    trace: Trace | None = None  # the harness's run on it (methods that run the harness)
+    harness_answer: str | None = None  # the task's parse of the harness's answer
+    rollouts: list[Any] = field(default_factory=list)  # the student's samples
+
+
+def sample_seed(run_seed: int, step: int, index: int) -> int:
+    """A per-request sampling seed: a resumed run draws the same rollouts."""
+    return (run_seed * 1_000_003 + step * 10_007 + index) % (2**31 - 1)
+
+
+def on_policy_example(cfg: Any, step: int, index: int) -> bool:
+    """Whether example `index` of `step` trains on the student's rollouts (probability
+    `on_policy_fraction`, seeded so a resumed run decides the same) or on the harness's
+    own answer (GKD's mix of student-generated and teacher-generated sequences)."""
+    if cfg.on_policy_fraction >= 1.0:
+        return True
+    return random.Random(sample_seed(cfg.seed, step, index)).random() < cfg.on_policy_fraction
+
+
+class Method:
+    """A training method; subclasses set the flags and implement `add_pairs`."""
+
+    name: ClassVar[str]
+    runs_harness: ClassVar[bool] = False  # each step runs the harness
+    samples: ClassVar[bool] = False  # each step samples the student from the served policy
+    reads_answers: ClassVar[bool] = False  # trains on labelled examples (the bank, if scarce)
+    has_teacher: ClassVar[bool] = True  # distils a teacher's distribution (else cross-entropy)
+    reads_policy: ClassVar[bool] = True  # its steps read the served policy (sync before them)
+    min_rollouts: ClassVar[int] = 1  # --rollouts it needs
+
+    def on_policy(self, cfg: Any, step: int, index: int) -> bool:
+        """Whether example `index` of `step` is sampled and trained on its rollouts."""
+        return self.samples
+
+    def trains_on_harness_answers(self, cfg: Any) -> bool:
+        """Whether the harness's own answers become training targets."""
+        return False
+
+    def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        raise NotImplementedError
+
+
+class OPHSD(Method):
+    name = "ophsd"
+    runs_harness = samples = True
+
+    def on_policy(self, cfg: Any, step: int, index: int) -> bool:
+        return on_policy_example(cfg, step, index)
+
+    def trains_on_harness_answers(self, cfg: Any) -> bool:
+        return cfg.on_policy_fraction < 1.0
+
+    def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        tc = teacher_ctx.from_trace(item.trace, item.student_messages, ctx.cfg.teacher_policy,
+                                    getattr(ctx.harness, "teacher_call", None))
+        _distill(ctx, out, item, tc, harness_path=not item.on_policy)
+
+
+class OPSD(Method):
+    name = "opsd"
+    samples = reads_answers = True
+
+    def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        _distill(ctx, out, item, teacher_ctx.with_reference(ctx.task, item.example),
+                 harness_path=False)
+
+
+class SSOPD(Method):
+    name = "ssopd"
+    samples = reads_answers = True
+    min_rollouts = 2  # a group to compare
+
+    def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        """Teacher = the bare prompt plus the group's shortest correct rollout as a worked
+        answer; student tokens = the group's longest wrong rollout."""
+        tok, task = ctx.tokenizer, ctx.task
+        graded = [(task.grade(c.text, item.example) >= 1.0, c) for c in item.rollouts]
+        out.counts["rollouts"] += len(graded)
+        n_correct = sum(ok for ok, _ in graded)
+        out.counts["student_correct"] += n_correct
+        weight = ssopd_weight(n_correct, len(graded))
+        if weight <= 0:
+            return  # no contrast in this group: counted in rollouts, no pair
+        out.counts["ssopd_mixed"] += 1
+        correct = min((c for ok, c in graded if ok), key=lambda c: len(c.token_ids))
+        wrong = max((c for ok, c in graded if not ok), key=lambda c: len(c.token_ids))
+        shown = tok.decode(answer_ids(tok, task, correct)[0], skip_special_tokens=True).strip()
+        tc = teacher_ctx.with_worked_answer(item.student_messages, shown)
+        ids, logprobs = answer_ids(tok, task, wrong)
+        if ids:
+            out.add(item.student_ids, render_ids(tok, tc.messages), ids, ctx.cfg.max_len, weight,
+                    logprobs, space=answer_space(ctx),
+                    source=PairSource("ssopd", item.example.id, tc.messages))
+
+
+class SFT(Method):
+    name = "sft"
+    runs_harness = reads_answers = True
+    has_teacher = False
+
+    def trains_on_harness_answers(self, cfg: Any) -> bool:
+        return True
+
+    def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        """The harness's final completion, if correct, becomes the target after the bare
+        prompt."""
+        trace = item.trace
+        final = trace.final_call() if trace is not None and not trace.error else None
+        if final is None or ctx.task.grade(final.completion, item.example) < 1.0:
+            return
+        target = final.completion_token_ids or ctx.tokenizer.encode(
+            final.completion, add_special_tokens=False)
+        add_target(ctx, out, item.student_ids, list(target),
+                   PairSource("harness_answer", item.example.id, trace=trace))
+
+
+class GoldSFT(Method):
+    name = "gold_sft"
+    reads_answers = True
+    has_teacher = reads_policy = False
+
+    def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        add_target(ctx, out, item.student_ids,
+                   gold_target_ids(ctx.tokenizer, ctx.task, item.example),
+                   PairSource("gold", item.example.id))
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (OPHSD(), OPSD(), SFT(), GoldSFT(), SSOPD())}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}") from None
+
+
+# ---------------------------------------------------------------------------- pair builders
+
+
+def answer_space(ctx: Any) -> Any:
+    return getattr(ctx, "answer_space", None)
+
+
+def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.TeacherContext,
+             harness_path: bool) -> None:
+    """The student's rollouts (and, for `harness_path`, the harness's own answer) scored
+    under the teacher context `tc`; a fallback context is weighted or skipped, counted."""
+    cfg, tok, task, ex = ctx.cfg, ctx.tokenizer, ctx.task, item.example
+    weight = 1.0
+    if tc.fallback:
+        out.counts["fallback"] += 1
+        weight = cfg.fallback_weight
+    if tc.messages is None or weight <= 0:
+        out.counts["skipped_fallback"] += 1
+        return
+    teacher_ids = render_ids(tok, tc.messages)
+    source = PairSource("rollout", ex.id, tc.messages, item.trace)
+    for comp in item.rollouts:
+        out.counts["rollouts"] += 1
+        parsed = task.parse(comp.text)
+        out.counts["student_parsed"] += parsed is not None
+        out.counts["student_agrees_harness"] += parsed is not None and \
+            parsed == item.harness_answer
+        if is_labelled(ex):
+            out.counts["student_correct"] += task.grade(comp.text, ex) >= 1.0
+        ids, logprobs = answer_ids(tok, task, comp)
+        if ids:
+            out.add(item.student_ids, teacher_ids, ids, cfg.max_len, weight, logprobs,
+                    space=answer_space(ctx), source=source)
+    if harness_path:
+        add_harness_path(ctx, out, item.student_ids, teacher_ids, item.trace, weight,
+                         replace(source, kind="harness_path"))
+
+
+def add_harness_path(ctx: Any, out: StepInputs, student_ids: list[int],
+                     teacher_ids: list[int], trace: Trace | None, weight: float,
+                     source: PairSource) -> None:
+    """The harness's final answer (its exact sampled ids, first line) as the response: the
+    teacher scores the path it produced itself, the student learns it from the bare prompt.
+    Answers that do not parse, or have no recorded ids, are counted skips."""
+    final = trace.final_call() if trace is not None else None
+    ids = list(final.completion_token_ids or []) if final is not None else []
+    if not ids or ctx.task.parse(final.completion) is None:
+        out.counts["harness_paths_skipped"] += 1
+        return
+    if ctx.task.kind != "math":
+        ids = first_line(ctx.tokenizer, ids)
+    if out.add(student_ids, teacher_ids, ids, ctx.cfg.max_len, weight,
+               space=answer_space(ctx), source=source):
+        out.counts["harness_paths"] += 1
+
+
+def ssopd_weight(correct: int, total: int) -> float:
+    """Prompt-level weight 4 p (1 - p), p = fraction of the group graded correct: 1 where
+    correct and wrong are evenly mixed, 0 where the group agrees (no contrast, no signal)."""
+    p = correct / total if total else 0.0
+    return 4.0 * p * (1.0 - p)
+
+
+def add_target(ctx: Any, out: StepInputs, student_ids: list[int], target: list[int],
+               source: PairSource) -> bool:
+    """A supervised pair: `target` after the bare prompt (teacher side unused)."""
+    if target and out.add(student_ids, student_ids, list(target), ctx.cfg.max_len, sft=True,
+                          source=source):
+        out.counts["sft_targets"] += 1
+        return True
+    return False
+
+
+def add_gold(ctx: Any, out: StepInputs, example: Example) -> bool:
+    """A labelled bank example on its gold answer, beside a step's distilled pairs."""
+    return add_target(ctx, out, render_ids(ctx.tokenizer, ctx.task.student_messages(example)),
+                      gold_target_ids(ctx.tokenizer, ctx.task, example),
+                      PairSource("gold", example.id))
