@@ -47,6 +47,7 @@ from scaffold.client import PolicyClient
 from scaffold.merge import merge_adapter
 from scaffold.registry import resolve
 from scaffold.server import install_sigterm_handler, policy_endpoint
+from scaffold.types import TaskContract
 
 KNN_K = 10
 
@@ -164,7 +165,7 @@ def unchanged_since(subject: Subject, prior: dict[tuple[str, str], dict]) -> boo
     return (subject.adapter / "adapter_model.safetensors").stat().st_mtime < row["_written"]
 
 
-def knn_baseline(task: Any, items: list[Any], index: Any, k: int = KNN_K) -> dict:
+def knn_baseline(task: TaskContract, items: list[Any], index: Any, k: int = KNN_K) -> dict:
     """The nearest-neighbour vote over the train split: the no-LLM baseline row."""
     t0 = time.perf_counter()
     votes = index.knn_vote_batch([ex.question for ex in items], k)
@@ -175,7 +176,7 @@ def knn_baseline(task: Any, items: list[Any], index: Any, k: int = KNN_K) -> dic
             "answer_tokens_per_example": 0.0, "wall_s": time.perf_counter() - t0}
 
 
-def result_row(res: EvalResult, task: Any, subject: Subject) -> dict:
+def result_row(res: EvalResult, task: TaskContract, subject: Subject) -> dict:
     row = res.row()
     if res.program == "none":  # diagnostics describe the bare answer
         completions = [(t.final_call().completion if t.final_call() else "") for t in res.traces]
@@ -336,11 +337,17 @@ def main(argv: list[str] | None = None) -> dict:
                    "task's section of it; other tasks' sections are kept)")
     p.add_argument("--notes", default=None, help="a markdown file of findings to include in "
                    "the report's section, after the tables")
+    p.add_argument("--name", default=None,
+                   help="the report section, docs/results/NAME.json and the figures' name "
+                        "(default: TASK, or TASK-REGIME with a labelled bank): a second study "
+                        "of a task under its own name keeps the first one's section")
     p.add_argument("--reuse", default=None, metavar="COMPARE_JSON",
                    help="take the rows of an earlier compare on the same items (task, bank, "
                    "--limit, --seed, --harness) for subjects whose weights have not changed "
                    "since: adding one run to a report evaluates only that run")
     args = p.parse_args(argv)
+    if args.name is not None and not re.fullmatch(r"[\w.-]+", args.name):
+        p.error(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only (it names files)")
     for program in args.program:
         try:
             load_program(program)
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     if any(map(needs_index, args.program)) or (label_task and not args.no_knn):
         index = task_bank(task, examples=split.bank) if split else \
             task_bank(task, limit=args.bank_size)
-    stem = task.name.replace("/", "_") + (f"-{regime}" if split else "")
+    stem = args.name or task.name.replace("/", "_") + (f"-{regime}" if split else "")
     out = Path(args.out or f"runs/compare-{stem}")
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve(args.model)

@@ -2,7 +2,11 @@
 # The BANKING77 section of docs/results.md, regenerated end to end (about 2.5 h on a 2-core
 # CPU; every run resumes where it stopped, so rerun the script after an interruption):
 #   bash scripts/banking77_report.sh
-# 1. the full OPHSD run (configs/banking77_full.yaml: 96 steps x 32 examples, < 60 min);
+# The section was made 2026-11-30 by an older version (draft_verify with its precedents most
+# similar first, a frozen teacher, no gold answers beside the distilled ones); a rerun with
+# today's defaults gives other numbers. Today's full-label recipe is
+# scripts/banking77_full_report.sh (section banking77-all-labels).
+# 1. the full OPHSD run (96 steps x 32 examples, frozen teacher, < 60 min);
 # 2. SFT on the gold labels for the same 96 steps (the sceptic's baseline, same examples);
 # 3. every method at 16 steps x 32 examples (512 examples, same lr schedule): OPHSD, OPSD
 #    (the teacher sees the gold label), SSOPD (groups of 4 rollouts, no reference), SFT on the
@@ -13,8 +17,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-FULL=(--config configs/banking77_full.yaml)
-SHORT=(--config configs/banking77_full.yaml --steps 16 --eval-limit 0)
+FULL=(--program draft_verify --task banking77 --method ophsd --teacher frozen --steps 96
+      --batch-size 32 --micro-batch-size 8 --lr 1e-3 --lr-schedule cosine --warmup-steps 4
+      --min-lr-ratio 0.1 --eval-limit 300 --checkpoint-every 8 --out runs/banking77-ophsd)
+SHORT=("${FULL[@]}" --steps 16 --eval-limit 0)
 
 $PY -m distill.run "${FULL[@]}"
 $PY -m distill.run "${FULL[@]}" --method gold_sft --eval-limit 0 --out runs/b77-gold_sft-96
