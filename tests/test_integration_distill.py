@@ -40,7 +40,7 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     assert sorted({r["step"] for r in notes}) == [1, 2, 3]
     assert len(notes) == len({(r["step"], r["pair"]) for r in notes})
     traced = [r for r in notes if r["trace"]]
-    assert traced and all(r["trace"]["program"] == "draft_verify" for r in traced)
+    assert traced and all(r["trace"]["program"] == "DraftVerify" for r in traced)
     # final_eval served base again after trained: the base row matches the first run's
     assert third["eval"][0]["score"] == first["eval"][0]["score"]
     # the same command once more: the run is finished, its saved table comes back, nothing reruns
