@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from distill import teacher as teacher_ctx
+from distill.answer_space import AnswerSpace
 from distill.pairs import PairSource, StepInputs, answer_ids, first_line, gold_target_ids
 from scaffold.chat import render_ids
 from scaffold.trace import Trace
@@ -126,7 +127,7 @@ class SSOPD(Method):
         ids, logprobs = answer_ids(tok, task, wrong)
         if ids:
             out.add(item.student_ids, render_ids(tok, tc.messages), ids, ctx.cfg.max_len, weight,
-                    logprobs, space=answer_space(ctx),
+                    logprobs, space=_answer_space(ctx),
                     source=PairSource("ssopd", item.example.id, tc.messages))
 
 
@@ -175,7 +176,8 @@ def get_method(name: str) -> Method:
 # ---------------------------------------------------------------------------- pair builders
 
 
-def answer_space(ctx: Any) -> Any:
+def _answer_space(ctx: Any) -> AnswerSpace | None:
+    """The run's answer space (the teacher's support on closed-set tasks), if any."""
     return getattr(ctx, "answer_space", None)
 
 
@@ -204,7 +206,7 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
         ids, logprobs = answer_ids(tok, task, comp)
         if ids:
             out.add(item.student_ids, teacher_ids, ids, cfg.max_len, weight, logprobs,
-                    space=answer_space(ctx), source=source)
+                    space=_answer_space(ctx), source=source)
     if harness_path:
         add_harness_path(ctx, out, item.student_ids, teacher_ids, item.trace, weight,
                          replace(source, kind="harness_path"))
@@ -224,7 +226,7 @@ def add_harness_path(ctx: Any, out: StepInputs, student_ids: list[int],
     if ctx.task.kind != "math":
         ids = first_line(ctx.tokenizer, ids)
     if out.add(student_ids, teacher_ids, ids, ctx.cfg.max_len, weight,
-               space=answer_space(ctx), source=source):
+               space=_answer_space(ctx), source=source):
         out.counts["harness_paths"] += 1
 
 
