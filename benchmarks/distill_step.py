@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/distill_step.py --shapes long       # 4 x 256 response tokens
     .venv/bin/python benchmarks/distill_step.py --side ours-server --steps 5
     .venv/bin/python benchmarks/distill_step.py --print-only        # re-print saved JSON
-    # the peer needs the bench extra:  pip install -c constraints-cpu.txt -e '.[bench]'
+    # the peer (TRL, the bench extra) comes with scripts/setup_env.sh
 
 Shapes (``--shapes``):
 

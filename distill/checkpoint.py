@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +50,12 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TRANSCRIPTS_FILE = "transcripts.jsonl"
+TRAINED_FILE = "trained.jsonl"  # every pair a step trained on (distill.export reads it)
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 STATE_FILE = "state.pt"
+RANKS_FILE = "ranks.pt"  # torchrun: every rank's RNG states
 # Config keys a resumed run may change without changing what has been computed so far.
 RESUMABLE_KEYS = frozenset(
     {"steps", "max_steps", "save_every", "eval_every", "log_every", "keep_last", "resume"}
@@ -253,9 +255,18 @@ class RunDir:
         resumable_keys: Iterable[str] = RESUMABLE_KEYS,
         keep_last: int | None = None,
         defaults: dict | None = None,
+        writer: bool = True,
     ) -> None:
         self.path = Path(path)
         self.keep_last = keep_last
+        self.writer = writer
+        if not writer:
+            # another torchrun rank of the same run: rank 0 owns (locks, writes, cuts) the
+            # folder; this one only restores from it, after rank 0 opened it
+            self.config = _normalize(config)
+            if not (self.path / CONFIG_FILE).is_file():
+                raise NotARunFolder(f"{self.path}: no {CONFIG_FILE}; rank 0 opens the folder first")
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_folder(self.path)
         self.config = _normalize(config)
@@ -289,7 +300,7 @@ class RunDir:
                 _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
         else:
             _atomic_write_text(config_path, json.dumps(self.config, indent=2) + "\n")
-        for name in (METRICS_FILE, TRANSCRIPTS_FILE, CHECKPOINTS_FILE):
+        for name in (METRICS_FILE, TRANSCRIPTS_FILE, TRAINED_FILE, CHECKPOINTS_FILE):
             _cut_torn_tail(self.path / name)
         # a checkpoint a killed run was writing: never committed, and the lock says nobody is
         for stale in (self.path / CHECKPOINTS_DIR).glob(".tmp_step_*"):
@@ -314,14 +325,24 @@ class RunDir:
         """All transcript rows, oldest step first."""
         return _read_jsonl(self.path / TRANSCRIPTS_FILE)
 
+    def log_trained(self, rows: Iterable[dict]) -> None:
+        """Append one step's trained pairs (each with its "step") to trained.jsonl."""
+        for row in rows:
+            _append_jsonl(self.path / TRAINED_FILE, row)
+
     # ---------------------------------------------------------------- checkpoints
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / CHECKPOINTS_DIR / f"step_{step:06d}"
 
-    def save_checkpoint(self, step: int, trainer: DistillTrainer, extra: dict) -> Path:
+    def save_checkpoint(self, step: int, trainer: DistillTrainer, extra: dict,
+                        rank_rng: list[dict] | None = None) -> Path:
         """Write checkpoints/step_NNNNNN/{adapter/, state.pt} atomically, then commit it by
-        appending {"step", "path", "time", **extra} to checkpoints.jsonl."""
+        appending {"step", "path", "time", **extra} to checkpoints.jsonl. `rank_rng`: under
+        torchrun, every rank's RNG states (rank order), kept in ranks.pt beside state.pt
+        (the adapter and optimizer are the same on every rank; the RNG is not)."""
+        if not self.writer:
+            raise RuntimeError("only the run folder's writer (rank 0) saves checkpoints")
         clash = [k for k in _RESERVED if k in extra]
         if clash:
             raise ValueError(f"extra may not use the reserved keys {clash}")
@@ -335,6 +356,11 @@ class RunDir:
                 torch.save(trainer.state_dict_for_resume(), f)
                 f.flush()
                 os.fsync(f.fileno())
+            if rank_rng is not None:
+                with open(tmp / RANKS_FILE, "wb") as f:
+                    torch.save(rank_rng, f)
+                    f.flush()
+                    os.fsync(f.fileno())
             for file in (tmp / ADAPTER_DIR).iterdir():
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
@@ -363,12 +389,15 @@ class RunDir:
             log.warning("checkpoint %s is listed but incomplete; skipping it", folder)
         return None
 
-    def restore(self, trainer: DistillTrainer) -> dict | None:
+    def restore(self, trainer: DistillTrainer, rank: int = 0, world_size: int = 1) -> dict | None:
         """Load the latest checkpoint into `trainer` (adapter weights + resume state), drop
-        metrics rows logged after it, and return its `extra` (None for a fresh run)."""
+        metrics rows logged after it, and return its `extra` (None for a fresh run). Under
+        torchrun every rank restores; rank `rank` takes its own RNG states from ranks.pt, and
+        a checkpoint saved by another number of processes is refused (not exact)."""
         row = self.latest_checkpoint()
-        for name in (METRICS_FILE, TRANSCRIPTS_FILE):
-            self._truncate_log(name, after_step=row["step"] if row else None)
+        if self.writer:
+            for name in (METRICS_FILE, TRANSCRIPTS_FILE, TRAINED_FILE):
+                self._truncate_log(name, after_step=row["step"] if row else None)
         if row is None:
             return None
         folder = self._inside(row["path"])
@@ -378,6 +407,18 @@ class RunDir:
         trainer.load_resume_state(state)
         if trainer.step != row["step"]:
             raise RuntimeError(f"{folder}: state step {trainer.step} != listed step {row['step']}")
+        ranks = [state["rng"]]
+        if (folder / RANKS_FILE).is_file():
+            with torch.serialization.safe_globals(_STATE_GLOBALS):
+                ranks = torch.load(folder / RANKS_FILE, map_location="cpu", weights_only=True)
+        if len(ranks) != world_size:
+            raise RunConfigMismatch(
+                f"{folder} was saved by {len(ranks)} training process(es) and is resumed by "
+                f"{world_size}: resume with torchrun --nproc_per_node {len(ranks)} (each rank's "
+                "share of a step and its RNG state are part of the checkpoint)")
+        from distill.trainer import set_rng_state
+
+        set_rng_state(ranks[rank])
         return {k: v for k, v in row.items() if k not in _RESERVED}
 
     # ---------------------------------------------------------------- internals
@@ -424,6 +465,8 @@ class RunRecord:
     config: dict
     metrics: list[dict]
     transcripts: list[dict]
+    adapters: dict[int, Path] = field(default_factory=dict)  # step -> committed adapter folder
+    trained_file: Path | None = None  # trained.jsonl, where the run wrote one (read_trained)
 
 
 class NotARunFolder(ScaffoldError, FileNotFoundError):
@@ -438,8 +481,20 @@ def read_run(path: str | Path) -> RunRecord:
     if not config.is_file():
         raise NotARunFolder(f"{path} is not a run folder (no {CONFIG_FILE}): pass the --out "
                             "folder of a distill.run")
+    adapters = {}
+    for row in _read_jsonl(path / CHECKPOINTS_FILE):
+        folder = path / row["path"]
+        if _is_complete(folder):  # committed and whole: a later prune may have removed it
+            adapters[int(row["step"])] = folder / ADAPTER_DIR
     return RunRecord(path, json.loads(config.read_text(encoding="utf-8")),
-                     _read_jsonl(path / METRICS_FILE), _read_jsonl(path / TRANSCRIPTS_FILE))
+                     _read_jsonl(path / METRICS_FILE), _read_jsonl(path / TRANSCRIPTS_FILE),
+                     adapters, path / TRAINED_FILE if (path / TRAINED_FILE).is_file() else None)
+
+
+def read_trained(record: RunRecord) -> list[dict]:
+    """The run's trained pairs (trained.jsonl), oldest step first; [] where it wrote none.
+    Read on demand: a long run's file is tens of MB (every prompt of every step)."""
+    return _read_jsonl(record.trained_file) if record.trained_file else []
 
 
 def _is_complete(folder: Path) -> bool:

@@ -89,3 +89,44 @@ def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
         n = g.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
+
+
+def broadcast(value: object) -> object:
+    """Rank 0's `value` on every rank (any picklable object; other ranks pass anything)."""
+    if world().size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: object) -> list[object] | None:
+    """Every rank's `value` in rank order on rank 0; None on the other ranks."""
+    w = world()
+    if w.size == 1:
+        return [value]
+    out: list[object] | None = [None] * w.size if w.main else None
+    dist.gather_object(value, out, dst=0)
+    return out
+
+
+def merge_counts(counts: dict[str, float], times: dict[str, float]) -> dict[str, float]:
+    """One step's figures over every rank: counts summed, phase times at their maximum
+    (the step waits for the slowest rank)."""
+    if world().size == 1:
+        return {**counts, **times}
+    everyone: list = [None] * world().size
+    dist.all_gather_object(everyone, (counts, times))
+    merged: dict[str, float] = {}
+    for c, _ in everyone:
+        for k, v in c.items():
+            merged[k] = merged.get(k, 0) + v
+    for _, t in everyone:
+        for k, v in t.items():
+            merged[k] = max(merged.get(k, v), v)
+    return merged
+
+
+def barrier() -> None:
+    if world().size > 1:
+        dist.barrier()

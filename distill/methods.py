@@ -128,7 +128,8 @@ class SSOPD(Method):
         if ids:
             out.add(item.student_ids, render_ids(tok, tc.messages), ids, ctx.cfg.max_len, weight,
                     logprobs, space=_answer_space(ctx),
-                    source=PairSource("ssopd", item.example.id, tc.messages))
+                    source=PairSource("ssopd", item.example.id, tc.messages,
+                                      student_messages=item.student_messages))
 
 
 class SFT(Method):
@@ -149,7 +150,8 @@ class SFT(Method):
         target = final.completion_token_ids or ctx.tokenizer.encode(
             final.completion, add_special_tokens=False)
         add_target(ctx, out, item.student_ids, list(target),
-                   PairSource("harness_answer", item.example.id, trace=trace))
+                   PairSource("harness_answer", item.example.id, trace=trace,
+                              student_messages=item.student_messages))
 
 
 class GoldSFT(Method):
@@ -160,7 +162,7 @@ class GoldSFT(Method):
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
         add_target(ctx, out, item.student_ids,
                    gold_target_ids(ctx.tokenizer, ctx.task, item.example),
-                   PairSource("gold", item.example.id))
+                   PairSource("gold", item.example.id, student_messages=item.student_messages))
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (OPHSD(), OPSD(), SFT(), GoldSFT(), SSOPD())}
@@ -194,7 +196,7 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
         out.counts["skipped_fallback"] += 1
         return
     teacher_ids = render_ids(tok, tc.messages)
-    source = PairSource("rollout", ex.id, tc.messages, item.trace)
+    source = PairSource("rollout", ex.id, tc.messages, item.trace, item.student_messages)
     for comp in item.rollouts:
         out.counts["rollouts"] += 1
         parsed = task.parse(comp.text)
@@ -249,6 +251,7 @@ def add_target(ctx: Any, out: StepInputs, student_ids: list[int], target: list[i
 
 def add_gold(ctx: Any, out: StepInputs, example: Example) -> bool:
     """A labelled bank example on its gold answer, beside a step's distilled pairs."""
-    return add_target(ctx, out, render_ids(ctx.tokenizer, ctx.task.student_messages(example)),
+    messages = ctx.task.student_messages(example)
+    return add_target(ctx, out, render_ids(ctx.tokenizer, messages),
                       gold_target_ids(ctx.tokenizer, ctx.task, example),
-                      PairSource("gold", example.id))
+                      PairSource("gold", example.id, student_messages=messages))

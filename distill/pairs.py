@@ -25,6 +25,7 @@ class PairSource:
     example_id: str = ""
     teacher_messages: list[dict] | None = None  # None: a supervised pair (no teacher)
     trace: Trace | None = None  # the harness run behind its teacher context, if any
+    student_messages: list[dict] | None = None  # the bare prompt its student ids render
 
 
 @dataclass

@@ -30,6 +30,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,10 +47,22 @@ from distill.config import (
     resolve_loss,
     resolve_teacher_scorer,
 )
+from distill.distributed import (
+    World,
+    any_rank,
+    barrier,
+    broadcast,
+    gather,
+    init_from_env,
+    merge_counts,
+    shard,
+    world,
+)
+from distill.export import record_rows
 from distill.loop import collect
 from distill.losses import LossConfig
 from distill.methods import get_method
-from distill.trainer import DistillTrainer, TrainerConfig
+from distill.trainer import DistillTrainer, TrainerConfig, rng_state
 from evals.bank import task_bank
 from evals.metrics import held_out
 from evals.run import results_table
@@ -59,8 +72,9 @@ from evals.tasks import Task, get_task
 from harnesses import build_harness, needs_index
 from scaffold.cli import run_cli
 from scaffold.client import PolicyClient
+from scaffold.errors import ScaffoldError
 from scaffold.registry import resolve
-from scaffold.server import install_sigterm_handler, policy_endpoint
+from scaffold.server import ExternalServer, install_sigterm_handler, policy_endpoint
 from scaffold.trace import write_jsonl
 from scaffold.types import Example, Item, TaskContract
 
@@ -87,17 +101,21 @@ class Run:
         return self.client.dspy_lm(self.policy_name, max_tokens=self.max_new_tokens, **kw)
 
     def sync(self, trainer: DistillTrainer, step: int) -> None:
-        """Make the served policy base + the trainer's current adapter."""
-        if self.sync_mode == "merged":
-            self.server.reload_weights(trainer.save_merged(self.run_dir.path / "policy_weights"))
-            return
-        adapter = self.run_dir.path / "policy" / f"step_{step:06d}"
-        trainer.save_adapter(adapter)
-        previous, name = self.policy_name, f"policy-step-{step}"
-        self.server.load_adapter(name, adapter)
+        """Make the served policy base + the trainer's current adapter. Under torchrun rank 0
+        talks to the server; every rank learns the new policy name and waits for it."""
+        name = self.server.model_name if self.sync_mode == "merged" else f"policy-step-{step}"
+        if world().main:
+            if self.sync_mode == "merged":
+                self.server.reload_weights(
+                    trainer.save_merged(self.run_dir.path / "policy_weights"))
+            else:
+                adapter = self.run_dir.path / "policy" / f"step_{step:06d}"
+                trainer.save_adapter(adapter)
+                self.server.load_adapter(name, adapter)
+                if self.policy_name not in (self.server.model_name, name):
+                    self.server.unload_adapter(self.policy_name)
         self.policy_name = name
-        if previous != self.server.model_name:
-            self.server.unload_adapter(previous)
+        barrier()  # no rank samples from the policy before it is served
 
     def serve_base(self) -> str:
         """Serve the untrained model; returns the name to request it by."""
@@ -134,35 +152,37 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
     examples) and `gold_batch_size` labelled examples of `gold_set`, collected into training
     pairs, one optimizer step, a policy sync; checkpoints carry both data cursors."""
     cfg = run.cfg
-    restored = run_dir.restore(trainer)
+    w = world()  # under torchrun: this rank trains on its share of every step (shard)
+    restored = run_dir.restore(trainer, rank=w.rank, world_size=w.size)
     cursor = DataCursor.from_dict(restored["cursor"]) if restored else DataCursor()
     gold_cursor = DataCursor.from_dict(restored["gold_cursor"]) \
         if restored and restored.get("gold_cursor") else DataCursor()
     start = int(restored["loop_step"]) if restored else 0
     if restored:
         run.sync(trainer, start)
-        print(f"resumed from step {start} (cursor {cursor})")
+        if w.main:
+            print(f"resumed from step {start} (cursor {cursor})")
     elif cfg.init_adapter:
         trainer.load_adapter(cfg.init_adapter)  # a fresh run starts from the given adapter
         run.sync(trainer, 0)
     sampled_loss = resolve_loss(cfg.loss, run.task.kind) == "sampled_token"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="distill",
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not w.main)
     for step in bar:
         t_step = time.perf_counter()
         warmup = step < cfg.gold_warmup_steps  # gold answers only (config.py)
         batch: list[Item] = []
         if not warmup:
             indices, cursor = cursor.take(len(train_set), cfg.batch_size, cfg.seed)
-            batch = [train_set[i] for i in indices]
+            batch = [train_set[i] for i in shard(indices, w)]
         gold: list[Example] = []
         n_gold = cfg.batch_size if warmup else cfg.gold_batch_size
         if n_gold and gold_set:
             gold_indices, gold_cursor = gold_cursor.take(len(gold_set), n_gold, cfg.seed + 1)
-            gold = [gold_set[i] for i in gold_indices]
+            gold = [gold_set[i] for i in shard(gold_indices, w)]
         inputs = collect(run, step, batch, gold)
-        row: dict[str, Any] = {"step": step + 1, **inputs.counts, **inputs.times}
-        if inputs.pairs:
+        row: dict[str, Any] = {"step": step + 1, **merge_counts(inputs.counts, inputs.times)}
+        if any_rank(bool(inputs.pairs)):  # a rank with an empty share still joins the step
             given = run.teacher_scorer == "vllm"
             stats = trainer.train_step(
                 inputs.pairs, inputs.weights,
@@ -171,8 +191,11 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
                 teacher_logprobs=inputs.teacher_logprobs if given else None,
                 inspect=transcripts.pick(inputs, cfg.transcripts))
             row.update(stats)
-            run_dir.log_transcripts(transcripts.rows(step + 1, inputs,
-                                                     trainer.last_token_reports, run.tokenizer))
+            trained = gather(record_rows(step + 1, inputs, run.tokenizer, run.task, w.rank))
+            if w.main:  # rank 0 writes the run folder: its transcripts, every rank's pairs
+                run_dir.log_transcripts(transcripts.rows(
+                    step + 1, inputs, trainer.last_token_reports, run.tokenizer))
+                run_dir.log_trained(r for rows in trained for r in rows)
         else:
             # no signal, no step: counted, the data moves on, and so does the trainer's step
             # counter (a resumed run must find the trainer where the loop is)
@@ -187,16 +210,22 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
         row["sync_s"] = time.perf_counter() - t0
         row["step_s"] = time.perf_counter() - t_step
         if curve:
-            row.update(curve_point(run))  # timed apart: eval_s is not part of step_s
-        run_dir.log_metrics(row)
+            if w.main:
+                row.update(curve_point(run))  # timed apart: eval_s is not part of step_s
+            barrier()
+        if w.main:
+            run_dir.log_metrics(row)
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, int | float):
                     writer.add_scalar(k, v, step + 1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            run_dir.save_checkpoint(step + 1, trainer, {
-                "cursor": cursor.to_dict(), "gold_cursor": gold_cursor.to_dict(),
-                "loop_step": step + 1})
+            rngs = gather(rng_state()) if w.size > 1 else None
+            if w.main:
+                run_dir.save_checkpoint(step + 1, trainer, {
+                    "cursor": cursor.to_dict(), "gold_cursor": gold_cursor.to_dict(),
+                    "loop_step": step + 1}, rank_rng=rngs)
+            barrier()  # a crash now resumes every rank from the same checkpoint
         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}",
                         kl=f"{row.get('kl', float('nan')):.3f}", pairs=len(inputs.pairs),
                         **({"acc": f"{row['eval_score']:.3f}"} if "eval_score" in row else {}))
@@ -298,8 +327,8 @@ def main(cfg: RunConfig) -> dict:
     if cfg.eval_limit > 0:  # a broken test file is found now, not after training
         task.load("test")
     labelled_regime = bool(cfg.labeled_per_class or cfg.labeled)
-    run_dir = RunDir(cfg.out, cfg.to_dict(), resumable_keys=RESUMABLE | RESUMABLE_KEYS,
-                     defaults=RunConfig().to_dict())
+    w = init_from_env()  # torchrun: rank 0 owns the folder and the server (README, Scaling)
+    run_dir = open_run_dir(cfg, w)
     done = completed(run_dir, cfg)
     if done is not None:
         print(f"{run_dir.path} already finished its {cfg.steps} steps; nothing to redo.")
@@ -321,20 +350,32 @@ def main(cfg: RunConfig) -> dict:
         if get_method(cfg.method).has_teacher else "trainer"
     trainer = DistillTrainer(trainer_config(cfg, model_path, task.kind), tokenizer=tokenizer)
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and w.main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir.path / "tensorboard"))
 
     sync_mode = resolve_sync(cfg.sync, cfg.api_base)
-    with policy_endpoint(model_path, cfg.api_base, max_lora_rank=max(16, cfg.lora_r),
-                         # every prompt --max-len lets in
-                         max_model_len=cfg.max_model_len or max(4096, cfg.max_len),
-                         memory_utilization=cfg.gpu_memory_utilization,
-                         kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel,
-                         data_parallel_size=cfg.data_parallel, devices=cfg.server_devices,
-                         enable_lora=sync_mode == "lora",
-                         log_path=str(run_dir.path / "vllm.log")) as server:
+    with ExitStack() as stack:
+        started = None  # rank 0 starts (or reaches) the server; the other ranks share it
+        if w.main:
+            try:
+                started = stack.enter_context(policy_endpoint(
+                    model_path, cfg.api_base, max_lora_rank=max(16, cfg.lora_r),
+                    # every prompt --max-len lets in
+                    max_model_len=cfg.max_model_len or max(4096, cfg.max_len),
+                    memory_utilization=cfg.gpu_memory_utilization,
+                    kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel,
+                    data_parallel_size=cfg.data_parallel, devices=cfg.server_devices,
+                    enable_lora=sync_mode == "lora",
+                    log_path=str(run_dir.path / "vllm.log")))
+            except BaseException:
+                broadcast(None)  # the other ranks stop too; this one reports why
+                raise
+        endpoint = broadcast((started.base_url, started.model_name) if started else None)
+        if endpoint is None:
+            raise SystemExit(1)
+        server = started or stack.enter_context(ExternalServer(*endpoint))
         client = PolicyClient(server.base_url, server.model_name)
         run = Run(cfg, task, tokenizer, harness, client, server, server.model_name,
                   cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path,
@@ -343,11 +384,33 @@ def main(cfg: RunConfig) -> dict:
         train(run, trainer, run_dir, train_set,
               bank if cfg.gold_batch_size or cfg.gold_warmup_steps else (), writer)
         final = run_dir.path / "final_adapter"
+        if not w.main:
+            return {"run_dir": str(run_dir.path), "eval": []}  # rank 0 saves and evaluates
         trainer.save_adapter(final)
         results = final_eval(run, run_dir) if cfg.eval_limit > 0 else []
     print(f"\nTrained adapter: {final}\nServe it with:\n  python -m distill.serve "
           f"--model {cfg.model} --adapter {final}")
     return {"run_dir": str(run_dir.path), "eval": [r.row() for r in results]}
+
+
+def open_run_dir(cfg: RunConfig, w: World) -> RunDir:
+    """The run folder: rank 0 opens (locks, checks, writes) it first; under torchrun the other
+    ranks then open it read-only. A refusal on rank 0 (another config, a live owner) stops
+    every rank, reported once."""
+    kw = dict(resumable_keys=RESUMABLE | RESUMABLE_KEYS, defaults=RunConfig().to_dict())
+    if w.size == 1:
+        return RunDir(cfg.out, cfg.to_dict(), **kw)
+    run_dir, refused = None, None
+    if w.main:
+        try:
+            run_dir = RunDir(cfg.out, cfg.to_dict(), **kw)
+        except ScaffoldError as e:
+            refused = e
+    if broadcast(refused is not None):
+        if refused is not None:
+            raise refused
+        raise SystemExit(1)  # rank 0 prints why
+    return run_dir or RunDir(cfg.out, cfg.to_dict(), writer=False, **kw)
 
 
 def main_seeds(cfg: RunConfig) -> list[dict]:

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 import torch
 
-from distill.distributed import any_rank, sum_gradients, sum_over_ranks
+from distill.distributed import any_rank, sum_gradients, sum_over_ranks, world
 from distill.losses import NO_MASS, LossConfig, chunked_distill_loss, chunked_nll
 from distill.shared_prefix import PrefixKV, suffix_hidden
 from distill.splicing import (
@@ -315,7 +315,7 @@ class DistillTrainer:
         Pairs are grouped by what they need (sft, a given teacher, a teacher forward) and
         sorted by length inside each group, so micro-batches carry little padding; the loss
         is a global token mean, so the grouping changes nothing but float rounding."""
-        if not pairs:
+        if not pairs and world().size == 1:  # under torchrun a rank's share may be empty
             raise ValueError("train_step needs at least one pair")
         if objective not in ("distill", "sft"):
             raise ValueError(f"objective must be 'distill' or 'sft', got {objective!r}")
@@ -327,12 +327,12 @@ class DistillTrainer:
             if values is not None and len(values) != n_pairs:
                 raise ValueError(f"{len(values)} {name} for {n_pairs} pairs")
         lengths = [len(p.response_ids) for p in pairs]
-        if sum(lengths) == 0:
-            raise ValueError("the pairs have no response tokens")
         # under torchrun this rank holds its share of the step: the token mean runs over
         # every rank's tokens (distill.distributed), so the summed gradient is the step's
         total_tokens, distill_tokens = (int(x) for x in sum_over_ranks(
             [sum(lengths), sum(n for n, s in zip(lengths, sft_flags, strict=True) if not s)]))
+        if total_tokens == 0:
+            raise ValueError("the pairs have no response tokens")
         for i, n in enumerate(lengths):
             sup = supports[i] if supports is not None else None
             given = teacher_logprobs[i] if teacher_logprobs is not None else None
@@ -390,7 +390,7 @@ class DistillTrainer:
                 teacher_prefix.release()
         t_teacher = time.perf_counter() - t0
         t0 = time.perf_counter()
-        student_prefix = self._prefix(pairs, "student", grad=True)
+        student_prefix = self._prefix(pairs, "student", grad=True) if pairs else None
         t_student = time.perf_counter() - t0
         for k, idx in enumerate(micro):
             chunk = [pairs[i] for i in idx]
@@ -511,6 +511,10 @@ class DistillTrainer:
             "time_optim_s": t_optim,
             "micro_batches": len(micro),
             "padding_frac": _padding_frac(batches, student_prefix),
+            # positions the student computed (a shared prefix once): what MFU counts
+            "student_positions": _computed_positions(batches, student_prefix),
+            **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}
+               if torch.cuda.is_available() else {}),
             "shared_prefix_tokens": 0 if student_prefix is None else student_prefix.length,
             "peak_rss_mb": _peak_rss_mb(),
         }
@@ -644,12 +648,7 @@ class DistillTrainer:
         return {
             "step": self._step,
             "optimizer": self.optimizer.state_dict(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": rng_state(),
             "ema": self.adapter_state(EMA_ADAPTER) if self._ema_params else None,
         }
 
@@ -657,12 +656,7 @@ class DistillTrainer:
         """Inverse of `state_dict_for_resume` (load the adapter weights separately)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self._step = int(state["step"])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(state["rng"])
         ema = state.get("ema")
         if bool(ema) != bool(self._ema_params):
             raise ValueError("resume state and trainer disagree on whether there is an EMA teacher")
@@ -670,6 +664,24 @@ class DistillTrainer:
             with torch.no_grad():
                 for name, param in self._ema_params.items():
                     param.copy_(ema[name])
+
+
+def rng_state() -> dict:
+    """This process's RNG states (python, numpy, torch, CUDA): what a resume restores."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def lora_target_modules(model, spec: list[str] | str) -> list[str] | str:
@@ -747,6 +759,14 @@ def _padding_frac(batches: Sequence, prefix: PrefixKV | None) -> float:
         cells += mask.shape[0] * width
         real += int(lengths.sum())
     return 1.0 - real / cells if cells else 0.0
+
+
+def _computed_positions(batches: Sequence, prefix: PrefixKV | None) -> int:
+    """This rank's student positions computed in the step: every row's real tokens past the
+    shared prefix, plus the prefix once."""
+    cut = prefix.length if prefix is not None else 0
+    rows = sum(int((b.student_attention_mask.sum(-1) - cut).sum()) for b in batches)
+    return rows + (cut if batches else 0)
 
 
 def _per_token(weights: Sequence[float], lengths: Sequence[int], device) -> torch.Tensor:

@@ -30,10 +30,10 @@ echo "[setup] installing Scaffold into $VENV ($KIND machine); this takes a few m
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 if [ "$KIND" = cpu ]; then
     "${PIP[@]}" -c constraints-cpu.txt "torch==2.13.0"
-    "${PIP[@]}" -c constraints-cpu.txt -e ".[cpu,dev]"
+    "${PIP[@]}" -c constraints-cpu.txt -e ".[cpu,dev,bench]"
     "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 else
-    "${PIP[@]}" -e ".[gpu,dev]"
+    "${PIP[@]}" -e ".[gpu,dev,bench]"
 fi
 "$VENV/bin/python" - <<'PY'
 import torch, vllm  # noqa: F401  fail here, not in the middle of a run

@@ -16,6 +16,8 @@ from distill.checkpoint import (  # noqa: E402
     RunConfigMismatch,
     RunDir,
     epoch_order,
+    read_run,
+    read_trained,
 )
 from distill.splicing import splice  # noqa: E402
 from tests.test_trainer import make_trainer, save_tiny_llama  # noqa: E402
@@ -266,7 +268,7 @@ def test_a_step_without_pairs_keeps_the_run_resumable(tiny_model_dir, tmp_path, 
     monkeypatch.setattr(run_mod, "collect", fake_collect)
     synced = []
     cfg = RunConfig(steps=3, batch_size=BATCH, checkpoint_every=1, seed=SEED, lr_schedule="constant")
-    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification"),
+    fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification", name="fake"),
                                teacher_scorer="trainer", tokenizer=CharTokenizer(),
                                sync=lambda trainer, step: synced.append(step))
     run_dir = RunDir(tmp_path, cfg.to_dict())
@@ -280,6 +282,10 @@ def test_a_step_without_pairs_keeps_the_run_resumable(tiny_model_dir, tmp_path, 
     run_mod.train(fake_run, resumed, RunDir(tmp_path, fake_run.cfg.to_dict()), data)
     assert resumed.step == 4 and [r["step"] for r in run_dir.metrics()] == [1, 2, 3, 4]
     assert [r["step"] for r in run_dir.transcripts()] == [1] * BATCH + [3] * BATCH + [4] * BATCH
+    # trained.jsonl (distill.export's input) holds every pair of every trained step once
+    trained = read_trained(read_run(tmp_path))
+    assert [(r["step"], r["pair"]) for r in trained] == \
+        [(s, i) for s in (1, 3, 4) for i in range(BATCH)]
 
 
 def test_a_config_key_added_later_resumes_at_its_default(tmp_path):

@@ -77,3 +77,113 @@ def test_two_gloo_ranks_take_the_one_process_step(tiny_model_dir, tmp_path):  # 
             torch.testing.assert_close(got["adapter"][name], value, rtol=1e-4, atol=1e-6)
     for name in expected_adapter:  # and the ranks hold one adapter, bit for bit
         assert torch.equal(ranks[0]["adapter"][name], ranks[1]["adapter"][name])
+
+
+# ---------------------------------------------------------------------------- distill.run's loop
+
+
+LOOP_BATCH = 4
+
+
+def fake_loop_run(steps: int, rank_of_shard: int | None):
+    """distill.run.train's collaborators, faked: collect splices the given pairs and, at loop
+    step 1, drops what rank 1 holds (the odd positions of the batch; under torchrun, rank
+    1's whole share), so one rank of one step trains on nothing."""
+    from types import SimpleNamespace
+
+    from distill.config import RunConfig
+    from distill.pairs import StepInputs
+    from tests.test_transcripts import CharTokenizer
+
+    def fake_collect(run, step, examples, gold=()):
+        out = StepInputs()
+        if step == 1:
+            examples = [] if rank_of_shard == 1 else \
+                examples if rank_of_shard == 0 else examples[0::2]
+        for pair in examples:
+            out.add(pair.student_ids[:pair.student_prompt_len],
+                    pair.teacher_ids[:pair.teacher_prompt_len], pair.response_ids, 64)
+        return out
+
+    cfg = RunConfig(steps=steps, batch_size=LOOP_BATCH, checkpoint_every=1, seed=7,
+                    lr_schedule="constant")
+    return cfg, SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification", name="fake"),
+                                teacher_scorer="trainer", tokenizer=CharTokenizer(),
+                                sync=lambda trainer, step: None), fake_collect
+
+
+def loop_rank(rank: int, model_dir: str, port: int, out: str, steps: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    import distill.run as run_mod
+    from distill.distributed import init_from_env
+    from tests.test_checkpoint import dataset
+
+    w = init_from_env()
+    try:
+        cfg, fake, fake_collect = fake_loop_run(steps, rank)
+        run_mod.collect = fake_collect  # a spawned process of its own: nothing to restore
+        trainer = make_trainer(model_dir)
+        run_mod.train(fake, trainer, run_mod.open_run_dir(replace_out(cfg, out), w), dataset())
+        torch.save(trainer.adapter_state(), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def replace_out(cfg, out: str):
+    from dataclasses import replace
+
+    return replace(cfg, out=str(Path(out) / "run"))
+
+
+def test_two_ranks_run_the_loop_and_resume_like_one_process(tiny_model_dir, tmp_path,  # noqa: F811
+                                                            monkeypatch):
+    """distill.run.train under 2 gloo ranks (each collecting its share, one share empty at
+    step 2) against one process on the whole batches: the same adapter, rank 0 writing each
+    step's metrics once and every rank's pairs to trained.jsonl; then both ranks resume
+    from the checkpoint (ranks.pt restores each rank's RNG) and match 4 straight steps."""
+    import distill.run as run_mod
+    from distill.checkpoint import RunConfigMismatch, RunDir, read_run, read_trained
+    from tests.test_checkpoint import dataset
+
+    two = tmp_path / "two"
+    two.mkdir()
+    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 3), nprocs=WORLD, join=True)
+    cfg, fake, fake_collect = fake_loop_run(3, None)
+    monkeypatch.setattr(run_mod, "collect", fake_collect)
+    single = make_trainer(tiny_model_dir)
+    run_mod.train(fake, single, RunDir(tmp_path / "one", cfg.to_dict()), dataset())
+
+    ranks = [torch.load(two / f"rank{r}.pt") for r in range(WORLD)]
+    for name, value in single.adapter_state().items():
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-6)
+        assert torch.equal(ranks[0][name], ranks[1][name])
+    record = read_run(two / "run")
+    assert [r["step"] for r in record.metrics] == [1, 2, 3]
+    one = read_run(tmp_path / "one")
+    for mine, ref in zip(record.metrics, one.metrics, strict=True):
+        assert mine["examples"] == ref["examples"] and mine["tokens"] == ref["tokens"]
+    trained = read_trained(record)
+    assert sorted((r["step"], r["rank"]) for r in trained) == sorted(
+        [(1, 0), (1, 0), (1, 1), (1, 1), (2, 0), (2, 0), (3, 0), (3, 0), (3, 1), (3, 1)])
+    assert (two / "run" / "checkpoints" / "step_000003" / "ranks.pt").is_file()
+
+    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 4), nprocs=WORLD, join=True)
+    cfg4, fake4, _ = fake_loop_run(4, None)
+    straight = make_trainer(tiny_model_dir)
+    run_mod.train(fake4, straight, RunDir(tmp_path / "one4", cfg4.to_dict()), dataset())
+    resumed = [torch.load(two / f"rank{r}.pt") for r in range(WORLD)]
+    for name, value in straight.adapter_state().items():
+        torch.testing.assert_close(resumed[0][name], value, rtol=1e-4, atol=1e-6)
+        assert torch.equal(resumed[0][name], resumed[1][name])
+    assert [r["step"] for r in read_run(two / "run").metrics] == [1, 2, 3, 4]
+    # one process resuming what two saved would not be the same run: refused, nothing cut
+    cfg5, fake5, _ = fake_loop_run(5, None)
+    with pytest.raises(RunConfigMismatch, match="nproc_per_node 2"):
+        run_mod.train(fake5, make_trainer(tiny_model_dir),
+                      RunDir(two / "run", replace_out(cfg5, str(two)).to_dict()), dataset())
+    assert [r["step"] for r in read_run(two / "run").metrics] == [1, 2, 3, 4]

@@ -73,7 +73,8 @@ def test_methods_without_a_harness_step_on_the_real_stack(vllm_server, tmp_path,
                      "--api-base", vllm_server.base_url, "--out", str(out)]))
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["tokens"] > 0 and row["loss"] == row["loss"]
-    assert row["harness_s"] < 0.05  # the harness never ran: only the timer's own overhead
+    assert row["harness_s"] < 0.5  # never ran: a draft_verify call takes over 1 s here; this is
+    # the timer's own overhead, which reached 0.051 s on a loaded machine
     if method == "opsd":
         assert row["rollouts"] == 3 and "off_answer_space" in row
     else:
@@ -104,3 +105,49 @@ def test_a_user_harness_trains_and_its_teacher_context_is_in_the_transcript(vllm
         assert r["tokens"] and all(t["kl"] is not None for t in r["tokens"])
     assert MARKER in write(out).read_text()
     gc.collect()
+
+
+def test_torchrun_two_ranks_share_the_server_and_export(vllm_server, tmp_path):
+    """`torchrun --nproc_per_node 2 -m distill.run` on the real stack: rank 0 reaches the
+    session's server (LoRA sync) and broadcasts it, both ranks run the harness on their
+    share, rank 0 writes one metrics row per step and every rank's pairs; then
+    distill.export writes both forms from the run."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from distill.checkpoint import read_run, read_trained
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "distill.run",
+           "--program", "draft_verify", "--batch-size", "4", "--bank-size", "150",
+           "--steps", "2", "--eval-limit", "0", "--checkpoint-every", "1",
+           "--max-new-tokens", "12", "--api-base", vllm_server.base_url, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = read_run(out)
+    assert [r["step"] for r in record.metrics] == [1, 2]
+    assert all(r["examples"] == 4 for r in record.metrics)  # counts summed over both ranks
+    trained = read_trained(record)
+    assert {r["rank"] for r in trained} == {0, 1} and {r["step"] for r in trained} == {1, 2}
+    assert (out / "checkpoints" / "step_000002" / "ranks.pt").is_file()
+    assert (out / "final_adapter" / "adapter_config.json").is_file()
+
+    from distill.export import main as export
+
+    export([str(out), "--format", "trl", "--out", str(tmp_path / "sdft.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "sdft.jsonl").read_text().splitlines()]
+    assert rows and all(r["privileged_context"] and r["prompt"][-1]["role"] == "user"
+                        for r in rows)
+    export([str(out), "--format", "verl", "--out", str(tmp_path / "rows.parquet")])
+    assert pq.read_table(tmp_path / "rows.parquet").num_rows == len(trained)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -138,8 +138,11 @@ def test_owner_killed_takes_server_with_it(tmp_path, sig):
         "while True:\n"
         "    sum(i * i for i in range(10000))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    # the owner starts with default dispositions: under `nohup` (SIGHUP ignored, inherited)
+    # install_sigterm_handler rightly leaves SIGHUP ignored, and this test would hang
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                             env=env)
+                             env=env, preexec_fn=lambda: signal.signal(signal.SIGHUP,
+                                                                       signal.SIG_DFL))
     _, server_pid, dog_pid = owner.stdout.readline().split()
     for _ in range(100):  # the child's pid is logged right after startup
         m = re.search(r"CHILD_PID=(\d+)", log.read_text())

@@ -157,7 +157,7 @@ def train_on_fakes(monkeypatch, tmp_path, cfg: RunConfig, train_set, gold_set=()
                                sync=lambda trainer, step: synced.append(step))
     run_dir = RunDir(tmp_path, cfg.to_dict())
     monkeypatch.setattr(run_dir, "save_checkpoint", lambda *a, **k: None)
-    monkeypatch.setattr(run_dir, "restore", lambda trainer: None)
+    monkeypatch.setattr(run_dir, "restore", lambda trainer, rank=0, world_size=1: None)
     run_mod.train(fake_run, SimpleNamespace(step=0, skip_step=lambda: None), run_dir,
                   train_set, gold_set)
     return synced, run_dir
