@@ -96,7 +96,8 @@ def side_points(run: Path) -> list[dict]:
 
 
 def score_points(points: list[dict], scores: dict[str, dict], limit: int) -> None:
-    """Score every point's adapter not in `scores` (keyed by digest) on one vLLM server."""
+    """Score every point's adapter not in `scores` (keyed by digest; adapter None: the base
+    model) on one vLLM server."""
     todo = [p for p in points if p["sha256"] not in scores]
     if not todo:
         return
@@ -116,7 +117,8 @@ def score_points(points: list[dict], scores: dict[str, dict], limit: int) -> Non
         lm = PolicyClient(server.base_url, server.model_name).dspy_lm(
             server.model_name, temperature=0.0, max_tokens=MAX_TOKENS[task.kind])
         for p in todo:
-            server.reload_weights(merge_adapter(MODEL, p["adapter"], out_root=Path(work)))
+            if p["adapter"] is not None:  # None: the base weights the server started with
+                server.reload_weights(merge_adapter(MODEL, p["adapter"], out_root=Path(work)))
             res = evaluate(task, "none", items, lm=lm, model_label=f"{p['run']}@{p['step']}",
                            progress=False)
             scores[p["sha256"]] = {"score": res.score, "ci": [res.ci_low, res.ci_high],
@@ -154,23 +156,8 @@ def _median_step_s(run: Path) -> float:
 
 def score_base(scores: dict, limit: int) -> dict:
     """The untrained model's score (step 0 of every curve), cached under the key "base"."""
-    if "base" not in scores:
-        from evals.metrics import held_out
-        from evals.runner import MAX_TOKENS, evaluate
-        from evals.tasks import get_task
-        from scaffold.client import PolicyClient
-        from scaffold.registry import resolve
-        from scaffold.server import PolicyServer, ServerConfig
-
-        task = get_task(TASK)
-        items = held_out(task.load("test"), limit, 0)
-        with tempfile.TemporaryDirectory(prefix="tta-base-") as work, \
-                PolicyServer(ServerConfig(model=resolve(MODEL), enable_lora=False,
-                                          log_path=str(Path(work) / "vllm.log"))) as server:
-            lm = PolicyClient(server.base_url, server.model_name).dspy_lm(
-                server.model_name, temperature=0.0, max_tokens=MAX_TOKENS[task.kind])
-            res = evaluate(task, "none", items, lm=lm, model_label="base", progress=False)
-        scores["base"] = {"score": res.score, "ci": [res.ci_low, res.ci_high], "n": res.n}
+    score_points([{"sha256": "base", "adapter": None, "run": "base", "step": 0,
+                   "train_s": 0.0}], scores, limit)
     return scores["base"]
 
 
