@@ -43,7 +43,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SIDES = {"ophsd": "runs/b77-full-ophsd", "gold_sft": "runs/b77-full-sft-115"}
+SIDES = {"ophsd": "runs/b77-full-ophsd", "gold_sft": "runs/b77-full-sft-115",
+         # 60-minute recipes (issue 14 item 3): gold SFT for 200 steps, and the same run's
+         # step 150 continued with OPHSD (harness filtered by gold) for the same minutes
+         "gold_sft_200": "runs/b77-full-gold-sft", "ophsd_polish": "runs/b77-full-polish"}
 TRL_CONFIG = "configs/banking77_full_sft.yaml"
 TASK, MODEL = "banking77", "smollm2-135m-instruct"
 THRESHOLDS = (0.5, 0.6)
@@ -64,18 +67,18 @@ def _digest(adapter: Path) -> str:
 # ---------------------------------------------------------------------------- Scaffold sides
 
 
-def run_chain(run: Path) -> list[Path]:
-    """The run and the runs it started from (each stage's init_adapter), oldest first."""
+def run_chain(run: Path) -> list[tuple[Path, int | None]]:
+    """The run and the runs it started from (each stage's init_adapter), oldest first, each
+    with the last step that fed the next stage (None: all of it, the final adapter)."""
     from distill.checkpoint import read_run
+    from evals.compare import adapter_origin
 
-    chain = [run]
-    while init := read_run(chain[0]).config.get("init_adapter"):
-        parent = Path(init).parent
-        if not parent.is_absolute():
-            parent = REPO / parent
-        if not (parent / "config.json").exists() or parent.resolve() in {c.resolve() for c in chain}:
+    chain: list[tuple[Path, int | None]] = [(run, None)]
+    while init := read_run(chain[0][0]).config.get("init_adapter"):
+        origin = adapter_origin(init if Path(init).is_absolute() else REPO / init)
+        if origin is None or origin[0].resolve() in {c.resolve() for c, _ in chain}:
             break
-        chain.insert(0, parent)
+        chain.insert(0, origin)
     return chain
 
 
@@ -85,8 +88,10 @@ def side_points(run: Path) -> list[dict]:
     from evals.compare import run_compute
 
     points = []
-    for stage in run_chain(run):
+    for stage, last in run_chain(run):
         for step, adapter in sorted(read_run(stage).adapters.items()):
+            if last is not None and step > last:
+                continue  # past the checkpoint the next stage started from
             compute = run_compute(stage, up_to=step)
             points.append({"run": str(stage.relative_to(REPO)), "step": step,
                            "train_s": compute["train_wall_s"], "examples": compute["examples"],
@@ -355,7 +360,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sides", nargs="+", default=["ophsd", "gold_sft", "trl"],
-                   choices=("ophsd", "gold_sft", "trl"), help="which curves to draw")
+                   choices=(*SIDES, "trl"), help="which curves to draw (sides not named keep "
+                   "their saved results)")
     p.add_argument("--limit", type=int, default=300, help="held-out test items (seed 0)")
     p.add_argument("--trl-budget-min", type=float, default=30.0,
                    help="stop the TRL side after this many training minutes")

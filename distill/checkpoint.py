@@ -54,6 +54,7 @@ TRAINED_FILE = "trained.jsonl"  # every pair a step trained on (distill.export r
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
+FINAL_ADAPTER_DIR = "final_adapter"  # the run's last adapter, beside checkpoints/
 STATE_FILE = "state.pt"
 RANKS_FILE = "ranks.pt"  # torchrun: every rank's RNG states
 # Config keys a resumed run may change without changing what has been computed so far.

@@ -37,8 +37,8 @@ def opt(default: Any, help: str, choices: Collection[str] | None = None) -> Any:
 @dataclass
 class RunConfig:
     program: str = opt("draft_verify", "the harness: the OPHSD teacher's context, SFT's data "
-                       "source; a built-in (none, draft_verify, plan_solve, self_consistency) "
-                       "or your own as package.module:Name")
+                       "source; a built-in (none, draft_verify, plan_solve, self_consistency, "
+                       "program_solve) or your own as package.module:Name")
     task: str = opt("banking77", "a built-in (banking77, lawbench-3-3, gsm8k, math500), user "
                     "data (classification:TRAIN,TEST or math:TRAIN,TEST), or a Task from your "
                     "own code (package.module:factory)")
@@ -88,6 +88,12 @@ class RunConfig:
                             "sampled_token", ("auto", "on", "off"))
     teacher_policy: str = opt("final_request", "how a trace becomes the teacher's messages",
                               ("final_request", "transcript"))
+    # Full-label BANKING77: the harness was right on 78% of its training questions, and
+    # OPHSD taught its mistakes too (docs/notes/banking77-all-labels.md).
+    harness_filter: str = opt("none", "ophsd where every example is labelled: gold replaces "
+                              "the harness's teaching on the examples it gets wrong (their "
+                              "gold answer trains instead, counted in harness_filtered)",
+                              ("none", "gold"))
     fallback_weight: float = opt(0.0, "weight of no-signal examples (0 skips them, counted)")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
@@ -280,6 +286,11 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     for name in ("labeled_per_class", "labeled"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.harness_filter == "gold" and (cfg.method != "ophsd" or cfg.labeled_per_class
+                                         or cfg.labeled):
+        p.error("--harness-filter gold checks the harness against gold answers: it needs "
+                "--method ophsd and every train example labelled (not --labeled-per-class "
+                "or --labeled, whose pool has no answers)")
     if cfg.gold_batch_size < 0:
         p.error("--gold-batch-size must be >= 0")
     if not 0 <= cfg.gold_warmup_steps <= cfg.steps:

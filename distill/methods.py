@@ -89,6 +89,12 @@ class OPHSD(Method):
         return cfg.on_policy_fraction < 1.0
 
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
+        if ctx.cfg.harness_filter == "gold" and not harness_right(ctx, item):
+            out.counts["harness_filtered"] += 1
+            add_target(ctx, out, item.student_ids,
+                       gold_target_ids(ctx.tokenizer, ctx.task, item.example),
+                       PairSource("gold", item.example.id, student_messages=item.student_messages))
+            return
         tc = teacher_ctx.from_trace(item.trace, item.student_messages, ctx.cfg.teacher_policy,
                                     getattr(ctx.harness, "teacher_call", None))
         _distill(ctx, out, item, tc, harness_path=not item.on_policy)
@@ -212,6 +218,15 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
     if harness_path:
         add_harness_path(ctx, out, item.student_ids, teacher_ids, item.trace, weight,
                          replace(source, kind="harness_path"))
+
+
+def harness_right(ctx: Any, item: Collected) -> bool:
+    """Whether the harness's final answer grades correct on a labelled example (a failed or
+    empty run is wrong). Only for `--harness-filter gold`, which the config allows only
+    where every example carries its answer."""
+    trace = item.trace
+    final = trace.final_call() if trace is not None and not trace.error else None
+    return final is not None and ctx.task.grade(final.completion, item.example) >= 1.0
 
 
 def add_harness_path(ctx: Any, out: StepInputs, student_ids: list[int],

@@ -46,7 +46,8 @@ class StepInputs:
         "student_correct": 0, "student_parsed": 0, "sft_targets": 0, "ssopd_mixed": 0,
         "harness_paths": 0, "harness_paths_skipped": 0, "off_answer_space": 0,
         "answer_space_cut_tokens": 0, "unlabelled": 0, "student_agrees_harness": 0,
-        "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0})
+        "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0,
+        "harness_filtered": 0})
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],

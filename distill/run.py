@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from distill import transcripts
 from distill.answer_space import AnswerSpace
-from distill.checkpoint import RESUMABLE_KEYS, DataCursor, RunDir
+from distill.checkpoint import FINAL_ADAPTER_DIR, RESUMABLE_KEYS, DataCursor, RunDir
 from distill.config import (
     RESUMABLE,
     RunConfig,
@@ -282,7 +282,7 @@ def completed(run_dir: RunDir, cfg: RunConfig) -> list[EvalResult] | None:
     --eval-limit is 0), so nothing is trained or evaluated twice; None if work remains."""
     last = run_dir.latest_checkpoint()
     if not last or last.get("loop_step") != cfg.steps or \
-            not (run_dir.path / "final_adapter" / "adapter_config.json").exists():
+            not (run_dir.path / FINAL_ADAPTER_DIR / "adapter_config.json").exists():
         return None
     if cfg.eval_limit <= 0:
         return []
@@ -383,7 +383,7 @@ def main(cfg: RunConfig) -> dict:
         client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
         train(run, trainer, run_dir, train_set,
               bank if cfg.gold_batch_size or cfg.gold_warmup_steps else (), writer)
-        final = run_dir.path / "final_adapter"
+        final = run_dir.path / FINAL_ADAPTER_DIR
         if not w.main:
             return {"run_dir": str(run_dir.path), "eval": []}  # rank 0 saves and evaluates
         trainer.save_adapter(final)

@@ -67,10 +67,9 @@ def load_subject(path: str | Path) -> Subject:
     """A run folder (its final adapter, else its latest checkpoint's) or a peft adapter folder."""
     path = Path(path)
     if (path / "adapter_config.json").exists():
-        step = re.fullmatch(r"step_(\d+)", path.parent.name)
-        run_dir = path.parent.parent.parent
-        if path.name == "adapter" and step and (run_dir / "config.json").exists():
-            at = int(step.group(1))  # RUN/checkpoints/step_N/adapter: the run as of step N
+        origin = adapter_origin(path)
+        if origin is not None and origin[1] is not None:
+            run_dir, at = origin  # RUN/checkpoints/step_N/adapter: the run as of step N
             return Subject(label=f"{run_dir.name}@{at}", adapter=path, run_dir=run_dir,
                            config=json.loads((run_dir / "config.json").read_text()),
                            compute=run_compute(run_dir, up_to=at))
@@ -100,11 +99,27 @@ def curve_runs(subjects: list[Subject]) -> dict[str, Path]:
     return {label: path for path, label in runs.items()}
 
 
+def adapter_origin(adapter: str | Path) -> tuple[Path, int | None] | None:
+    """(run folder, step) of an adapter folder in distill.run's layout (distill.checkpoint):
+    RUN/final_adapter gives (RUN, None), RUN/checkpoints/step_000150/adapter (RUN, 150);
+    None for an adapter kept anywhere else."""
+    folder = Path(adapter)
+    if folder.name == "final_adapter" and (folder.parent / "config.json").is_file():
+        return folder.parent, None
+    step = re.fullmatch(r"step_(\d+)", folder.parent.name)
+    run = folder.parent.parent.parent
+    if folder.name == "adapter" and step and folder.parent.parent.name == "checkpoints" \
+            and (run / "config.json").is_file():
+        return run, int(step.group(1))
+    return None
+
+
 def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
     """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples
     (distilled and gold), rollouts, student tokens trained on, and wall-clock time of the
-    training loop; plus what the run it started from (--init-adapter RUN/final_adapter)
-    spent, so a two-stage recipe reports its whole cost."""
+    training loop; plus what the run it started from spent up to that adapter
+    (--init-adapter RUN/final_adapter: all of it; RUN/checkpoints/step_N/adapter: through
+    step N), so a two-stage recipe reports its whole cost."""
     rows = [r for r in read_metrics(run_dir) if up_to is None or r.get("step", 0) <= up_to]
     compute = {
         "steps": len(rows),
@@ -117,13 +132,13 @@ def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
         init = json.loads((run_dir / "config.json").read_text()).get("init_adapter")
     except (OSError, ValueError):
         init = None
-    parent = Path(init).parent if init else None
-    if parent is not None and (parent / "metrics.jsonl").exists() and \
-            parent.resolve() != run_dir.resolve():
-        before = run_compute(parent)
+    origin = adapter_origin(init) if init else None
+    if origin is not None and origin[0].resolve() != run_dir.resolve():
+        parent, step = origin
+        before = run_compute(parent, up_to=step)
         compute = {k: round(compute[k] + before[k], 1) if isinstance(compute[k], float)
                    else compute[k] + before[k] for k in compute}
-        compute["init_from"] = str(parent)
+        compute["init_from"] = str(parent) + ("" if step is None else f"@{step}")
     return compute
 
 

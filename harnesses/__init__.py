@@ -16,12 +16,13 @@ import dspy
 from harnesses.base import Bare, chat_step, task_prefill
 from harnesses.draft_verify import DraftVerify
 from harnesses.plan_solve import PlanSolve
+from harnesses.program_solve import ProgramSolve
 from harnesses.self_consistency import SelfConsistency
 from scaffold.errors import ScaffoldError
 from scaffold.types import TaskContract
 from scaffold.user_code import UserCodeError, import_object
 
-__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
+__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "ProgramSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
            "load_program", "needs_index", "register", "task_prefill"]
 
 HARNESSES: dict[str, Callable[..., dspy.Module]] = {
@@ -29,6 +30,7 @@ HARNESSES: dict[str, Callable[..., dspy.Module]] = {
     "draft_verify": lambda task, index=None, **kw: DraftVerify(task, index, **kw),
     "plan_solve": lambda task, index=None, **kw: PlanSolve(task, **kw),
     "self_consistency": lambda task, index=None, **kw: SelfConsistency(task, **kw),
+    "program_solve": lambda task, index=None, **kw: ProgramSolve(task, **kw),
 }
 NEEDS_INDEX = {"draft_verify"}
 

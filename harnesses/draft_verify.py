@@ -1,6 +1,7 @@
 """draft_verify: draft a label from retrieved precedents, then (optionally) verify it
-against confirmers (nearest precedents sharing the draft's label) and challengers (nearest
-precedents with other labels, one per label).
+against confirmers (the `k_confirm` nearest precedents sharing the draft's label, shown
+together on its candidate line) and challengers (nearest precedents with other labels, one
+per label).
 
 Defaults, measured on BANKING77 with SmolLM2-135M, 300 held-out items, greedy:
 
@@ -48,6 +49,17 @@ from scaffold.types import TaskContract
 VERIFY_MODES = ("disagree", "always", "never")
 DRAFT_PROMPTS = ("task", "short")
 PRECEDENT_ORDERS = ("similar_first", "similar_last")
+
+
+def _candidate_lines(confirmers: list[Any], challengers: list[Any]) -> str:
+    """One numbered line per candidate label, most similar first: the shown label with its
+    `k_confirm` nearest examples (confirmers, nearest first), every other label with its
+    nearest one (challengers come one per label)."""
+    groups = ([confirmers] if confirmers else []) + [[p] for p in challengers]
+    groups.sort(key=lambda g: -g[0].score)
+    return "\n".join(
+        f"{i}. {g[0].label} (e.g. " + "; ".join(f'"{p.text}"' for p in g) + ")"
+        for i, g in enumerate(groups, 1))
 
 
 def _precedent_lines(precedents: list[Any], prefix: str) -> str:
@@ -131,8 +143,7 @@ class DraftVerify(dspy.Module):
                                            exclude_ids=exclude) if shown else []
         challengers = self.index.challengers(example.question, shown, self.k_challenge,
                                              exclude_ids=exclude)
-        candidates = sorted([*confirmers[:1], *challengers], key=lambda p: -p.score)
-        lines = "\n".join(f"{i}. {p.label} (e.g. \"{p.text}\")" for i, p in enumerate(candidates, 1))
+        lines = _candidate_lines(confirmers, challengers)
         verified = self.verify(draft=shown, candidates=lines, question=example.question)
         final = self.task.parse(verified.completion)
         if final is None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from scaffold.embeddings import Embedder, load_embedder
 from scaffold.errors import ScaffoldError
+from scaffold.types import normalize_text
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -72,11 +73,6 @@ class _Filter:
         base = k + len(self.exclude_rows)
         filtered = self.label is not None or self.exclude_label is not None or self.distinct_labels
         return base * _WIDEN if filtered else base
-
-
-def normalize_text(text: str) -> str:
-    """The form the leakage guard compares: whitespace collapsed, case folded."""
-    return " ".join(text.split()).casefold()
 
 
 class PrecedentIndex:
@@ -520,10 +516,12 @@ def _train_ivf(vectors: np.ndarray, nlist: int | None, nprobe: int | None) -> fa
 
 
 def find_leaks(texts: Sequence[str], forbidden_texts: Iterable[str]) -> list[int]:
-    """Positions of `texts` equal to a forbidden (evaluation) text, modulo whitespace and case.
+    """Positions of `texts` equal to a forbidden (evaluation) text once normalized
+    (`normalize_text`: case, whitespace and punctuation do not count).
 
-    Datasets do repeat items across splits (BANKING77 has 7 train texts that equal test
-    texts once whitespace is collapsed); drop these rows from the bank before `build`.
+    Datasets do repeat items across splits (BANKING77: 7 train texts equal a test text once
+    whitespace is collapsed, 18 more once punctuation is dropped); drop these rows from the
+    bank before `build` (`Task.load` drops them from train).
     """
     forbidden = {normalize_text(t) for t in forbidden_texts}
     return [i for i, text in enumerate(texts) if normalize_text(text) in forbidden]

@@ -166,6 +166,11 @@ class PolicyServer(_Adapters):
             "--max-model-len", str(self.cfg.max_model_len),
             "--seed", str(self.cfg.seed),
             "--disable-uvicorn-access-log",
+            # the logprob of a sampled token under the distribution it was sampled from
+            # (after temperature): the importance ratio of the sampled_token loss needs
+            # that; vLLM's default reports it before temperature, biased at T = 0.5.
+            # Greedy requests (the teacher's scoring) get the same numbers in both modes.
+            "--logprobs-mode", "processed_logprobs",
         ]
         util = self.cfg.memory_utilization
         if util is None and not cuda_available():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,11 @@ class TaskContract(Protocol):
     def answer_texts(self) -> list[str] | None: ...
 
     def reference_text(self, ex: Example) -> str: ...
+
+
+def normalize_text(text: str) -> str:
+    """The form the leakage guard compares: case folded, punctuation dropped, whitespace
+    collapsed (only the words and numbers, in order). BANKING77 has 18 train rows that
+    differ from a test item with the same label only in punctuation ("card?" vs "card"):
+    a whitespace-and-case key let them into the bank as near copies of the answer."""
+    return " ".join(_WORD.findall(text.casefold()))

@@ -2,31 +2,76 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import dspy
+from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
+from dspy.utils.exceptions import LMError
+
+from scaffold.errors import PolicyServerUnreachable
 
 
-class ScriptedLM(dspy.BaseLM):
-    """A dspy LM whose completion is `respond(messages)`: deterministic, thread-safe."""
+class ScriptedEngine:
+    """A DSPy engine (`complete(Request) -> Response`, DSPy's public extension point since
+    3.4) whose reply is `respond(messages)`: deterministic, thread-safe, and it records
+    every request as OpenAI-style messages plus its sampling settings."""
 
     def __init__(self, respond: Callable[[list[dict]], str]):
-        super().__init__(model="scripted", model_type="chat", temperature=0.0, max_tokens=64,
-                         cache=False)
         self.respond = respond
         self.requests: list[list[dict]] = []
         self.request_kwargs: list[dict] = []
         self._lock = threading.Lock()
 
-    def forward(self, prompt=None, messages=None, **kwargs):
+    def complete(self, request: Request) -> Response:
+        messages = []
+        if request.system is not None:
+            system = request.system if isinstance(request.system, str) else \
+                "".join(p.text for p in request.system)
+            messages.append({"role": "system", "content": system})
+        messages += [{"role": m.role, "content": m.text or ""} for m in request.messages]
+        settings = {k: list(v) if isinstance(v, tuple) else v  # as an OpenAI body has them
+                    for k, v in dataclasses.asdict(request.config).items()
+                    if v is not None and k != "extensions"}
         with self._lock:
             self.requests.append(messages)
-            self.request_kwargs.append(kwargs)
+            self.request_kwargs.append(settings)
         text = self.respond(messages)
-        message = SimpleNamespace(content=text, role="assistant", tool_calls=None)
-        choice = SimpleNamespace(message=message, finish_reason="stop", index=0, logprobs=None)
-        usage = {"prompt_tokens": sum(len(m["content"].split()) for m in messages),
-                 "completion_tokens": len(text.split()), "total_tokens": 0}
-        return SimpleNamespace(choices=[choice], usage=usage, model="scripted")
+        usage = Usage(input_tokens=sum(len(m["content"].split()) for m in messages),
+                      output_tokens=len(text.split()), total_tokens=0)
+        return Response(id=None, model="scripted", message=Message.assistant([TextPart(text)]),
+                        finish_reason="stop", usage=usage)
+
+    def stream(self, request: Request):
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedLM(dspy.LM):
+    """A dspy LM whose completion is `respond(messages)`, through `ScriptedEngine`."""
+
+    def __init__(self, respond: Callable[[list[dict]], str]):
+        self.scripted = ScriptedEngine(respond)
+        super().__init__("scripted", engine=self.scripted, cache=False, temperature=0.0,
+                         max_tokens=64)
+
+    def __call__(self, *args, **kwargs):
+        """A `PolicyServerUnreachable` raised by `respond` comes out as itself, as it does
+        from `ScaffoldLM` (DSPy wraps an engine's errors in LMError)."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except LMError as exc:
+            if isinstance(exc.__cause__, PolicyServerUnreachable):
+                raise exc.__cause__ from exc
+            raise
+
+    @property
+    def requests(self) -> list[list[dict]]:
+        return self.scripted.requests
+
+    @property
+    def request_kwargs(self) -> list[dict]:
+        return self.scripted.request_kwargs

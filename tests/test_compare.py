@@ -200,6 +200,23 @@ def test_a_run_started_from_another_runs_adapter_reports_both_costs(tmp_path):
     assert compute["steps"] == 5 and compute["examples"] == 20
     assert compute["train_wall_s"] == pytest.approx(7.5) and compute["init_from"] == str(sft)
 
+    # from a checkpoint's adapter: the first run's cost through that step only
+    config["init_adapter"] = str(sft / "checkpoints" / "step_000001" / "adapter")
+    (ophsd / "config.json").write_text(json.dumps(config))
+    compute = run_compute(ophsd)
+    assert compute["steps"] == 4 and compute["examples"] == 16
+    assert compute["init_from"] == f"{sft}@1"
+
+
+def test_adapter_origin_reads_the_run_layout(tmp_path):
+    from evals.compare import adapter_origin
+
+    run = make_run(tmp_path / "run", 0, [1.0])
+    assert adapter_origin(run / "final_adapter") == (run, None)
+    assert adapter_origin(run / "checkpoints" / "step_000150" / "adapter") == (run, 150)
+    assert adapter_origin(tmp_path / "elsewhere" / "adapter") is None
+    assert adapter_origin(run / "checkpoints" / "latest" / "adapter") is None
+
 
 def test_reuse_takes_rows_only_for_unchanged_weights_on_the_same_items(tmp_path):
     import os

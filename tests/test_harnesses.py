@@ -93,6 +93,9 @@ def test_disagreeing_draft_is_verified_with_candidates_by_similarity(task, bank)
     labels = [line.split(". ", 1)[1].split(" ")[0] for line in lines]
     assert labels[0] == "card_arrival"  # the most similar candidate comes first
     assert "exchange_rate" in labels and len(set(labels)) == len(labels)
+    shown = lines[labels.index("exchange_rate")]  # the draft's label with k_confirm examples
+    assert '"what is the exchange rate today"' in shown and '"exchange rate for euros"' in shown
+    assert all(line.count('"') == 2 for line in lines if line is not shown)  # one per challenger
     assert pred.answer == "card_arrival" and pred.draft == "exchange_rate"
     assert list(tr.graph().successors("input"))  # data flowed from the input into the steps
 
@@ -381,3 +384,57 @@ def test_a_users_own_harness_loads_by_module_path(tmp_path, monkeypatch, task):
         load_program("my_harnesses:Missing")
     with pytest.raises(ProgramSpecError, match="cannot import 'no_such_module'"):
         load_program("no_such_module:X")
+
+
+def test_program_solve_runs_the_programs_votes_and_solves_with_the_winner(tmp_path, monkeypatch):
+    """Each sampled program runs in the sandbox; the most printed number wins, and the
+    final (teacher) request is the bare prompt plus the first winning program and its
+    result."""
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    programs = iter(["x = 2 + 3\nprint(x)\n```\nmore text", "print(2 * 3 - 2)```",
+                     "print(10 / 2)```"])
+
+    def respond(messages):
+        if messages[-1]["content"] == "```python\n":
+            return next(programs)
+        return "2 + 3 = 5. The answer is \\boxed{5}."
+
+    program = build_harness("program_solve", task, n=3)
+    pred, tr, lm = run(program, example, respond)
+    assert tr.step_names() == ["write"] * 3 + ["solve"]
+    assert pred.votes == {"5": 2, "4": 1} and pred.result == "5"
+    assert pred.program == "x = 2 + 3\nprint(x)"  # the first winner, fence and tail cut
+    final = lm.requests[-1]
+    assert final == task.student_messages(example, evidence=(
+        "A Python program written for this problem:\n```python\nx = 2 + 3\nprint(x)\n```\n"
+        "It printed: 5"))
+    assert pred.answer == task.parse("\\boxed{5}")
+    assert [k.get("temperature") for k in lm.request_kwargs[:3]] == [0.7] * 3
+    assert "Problem: What is 2+3?" in lm.requests[0][0]["content"]  # after the worked examples
+
+
+def test_program_solve_falls_back_to_the_bare_prompt_when_no_program_prints(tmp_path,
+                                                                            monkeypatch):
+    from harnesses.program_solve import printed_number
+
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+
+    def respond(messages):
+        if messages[-1]["content"] == "```python\n":
+            return "import os\nos.system('rm -rf /')\n```"  # refused by the sandbox
+        return "The answer is \\boxed{5}."
+
+    pred, tr, lm = run(build_harness("program_solve", task), example, respond)
+    assert pred.program is None and tr.step_names() == ["write", "bare"]
+    assert [f["kind"] for f in tr.fallbacks] == ["program_failed"]
+    assert lm.requests[-1] == task.student_messages(example)
+    assert [printed_number(s) for s in ("12.0\n", "a 1,200 b", "3.50", "none")] == \
+        ["12", "1200", "3.5", None]
+    with pytest.raises(ValueError, match="math tasks"):
+        build_harness("program_solve", get_task("classification:train.csv,test.csv"))

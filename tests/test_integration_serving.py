@@ -170,3 +170,26 @@ def test_server_scored_teacher_equals_the_trainers_teacher_forward(vllm_server, 
     given = trainer.train_step(out.pairs, supports=out.supports,
                                teacher_logprobs=out.teacher_logprobs)
     assert given["time_teacher_s"] < 1e-2 and given["loss"] > 0
+
+
+def test_sampled_logprobs_are_those_of_the_tempered_distribution(vllm_server, smollm2_path):
+    """A token sampled at T = 0.5 comes with its logprob under softmax(logits / 0.5), the
+    distribution it was drawn from (the sampled_token loss divides by it), not under the
+    untempered softmax that vLLM reports by default. Reference: the HF forward in fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    prompt = tok.encode("My favourite number is", add_special_tokens=False)  # an open next token
+    client = PolicyClient(vllm_server.base_url, vllm_server.model_name)
+    samples = client.complete(prompt, n=8, max_tokens=1, temperature=0.5, seed=3)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1].float()
+    tempered, raw = torch.log_softmax(logits / 0.5, -1), torch.log_softmax(logits, -1)
+    tolerance = 0.02 if vllm_server.dtype() == "float32" else 0.2  # bf16 engine vs fp32 HF
+    gaps = []
+    for c in samples:
+        y = c.token_ids[0]
+        assert abs(c.logprobs[0] - float(tempered[y])) < tolerance, (y, c.logprobs[0])
+        gaps.append(abs(float(tempered[y]) - float(raw[y])))
+    assert max(gaps) > 0.05  # the two modes differ on these tokens: the check can fail

@@ -359,3 +359,40 @@ def test_a_new_method_is_one_new_object(monkeypatch):
     assert len(client.requests) == 1 and out.sft == [True]
     assert [s.kind for s in out.sources] == ["echo"]
     assert tok.decode(out.pairs[0].response_ids) == " card_arrival\n"
+
+
+def test_harness_filter_gold_teaches_the_gold_answer_where_the_harness_is_wrong(monkeypatch,
+                                                                                  capsys):
+    """--harness-filter gold: an example the harness gets wrong trains its gold answer (a
+    counted sft pair, no teacher); one it gets right is distilled as before."""
+    import distill.methods as methods
+
+    tok, task = CharTokenizer(), LabelTask()
+    distilled = []
+    monkeypatch.setattr(methods, "_distill", lambda ctx, out, item, tc, harness_path:
+                        distilled.append(item.example.id))
+    monkeypatch.setattr(methods.teacher_ctx, "from_trace", lambda *a: None)
+    ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig(harness_filter="gold"),
+                          harness=None)
+
+    def item(example_id: str, harness_says: str) -> Collected:
+        final = SimpleNamespace(completion=f" {harness_says}\n")
+        trace = SimpleNamespace(final_call=lambda: final, error=None)
+        return Collected(Example(example_id, "my card?", "card_arrival"), [], [5, 6],
+                         on_policy=False, trace=trace)
+
+    out = StepInputs()
+    METHODS["ophsd"].add_pairs(ctx, out, item("wrong", "lost_card"))
+    METHODS["ophsd"].add_pairs(ctx, out, item("right", "card_arrival"))
+    assert distilled == ["right"] and out.counts["harness_filtered"] == 1
+    assert out.sft == [True] and out.sources[0].kind == "gold"
+    assert tok.decode(out.pairs[0].response_ids) == " card_arrival"
+    off = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig(), harness=None)
+    METHODS["ophsd"].add_pairs(off, out, item("wrong", "lost_card"))  # default: no filter
+    assert distilled == ["right", "wrong"]
+
+    for bad in (["--method", "gold_sft"], ["--labeled-per-class", "10"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--harness-filter", "gold", *bad])
+        assert "--harness-filter gold" in capsys.readouterr().err
+    assert parse_args(["--harness-filter", "gold"]).harness_filter == "gold"

@@ -283,6 +283,7 @@ def test_leakage_guard(embedder):
             IDS, TEXTS, LABELS, embedder, progress=False, forbidden_texts=test_texts
         )
     assert find_leaks(TEXTS, test_texts) == [0]
+    assert find_leaks(TEXTS, ["my card has not arrived yet?!"]) == [0]  # punctuation ignored
     ok = PrecedentIndex.build(
         IDS, TEXTS, LABELS, embedder, progress=False, forbidden_texts=["totally unrelated"]
     )

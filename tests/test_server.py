@@ -168,6 +168,8 @@ def test_cpu_command_never_splits_a_prefill(monkeypatch):
     monkeypatch.setattr(server_mod, "cuda_available", lambda: False)
     cmd = PolicyServer(ServerConfig(model="m", max_model_len=4096)).command()
     assert "--no-enable-chunked-prefill" in cmd
+    # sampled tokens' logprobs after temperature (the sampled_token loss's importance ratio)
+    assert cmd[cmd.index("--logprobs-mode") + 1] == "processed_logprobs"
     assert int(cmd[cmd.index("--max-num-batched-tokens") + 1]) >= 4096
     mine = PolicyServer(ServerConfig(model="m", extra_args=["--enable-chunked-prefill"])).command()
     assert "--no-enable-chunked-prefill" not in mine  # the user's own choice wins

@@ -482,6 +482,18 @@ def test_assert_disjoint_reports_count():
         assert_disjoint(train, test)
 
 
+def test_overlap_ignores_punctuation():
+    """BANKING77 had 18 train rows that differed from a test item only in punctuation; a
+    whitespace-and-case key (the old one) counted none of these."""
+    train = [Example("a/train/0", "Where is my card??", "x"),
+             Example("a/train/1", "where is my card, now", "x"),
+             Example("a/train/2", "Where's my card", "x")]
+    test = [Example("a/test/0", "where is my card", "x"), Example("a/test/1", "wheres my card", "x")]
+    assert normalize_question("Where is my card??") == normalize_question(" where  is my CARD.")
+    assert count_overlap(train, test) == 1  # the extra word "now" keeps row 1; "Where's" stays
+    assert normalize_question("Where's my card") != normalize_question("wheres my card")
+
+
 # ---- user specs ----------------------------------------------------------------------------
 
 

@@ -27,7 +27,10 @@ from evals.tasks.errors import (  # noqa: F401  (re-exported)
     TaskDataError,
 )
 from evals.tasks.readers import BadRows, Row, RowProblem
-from scaffold.types import Example  # noqa: F401  (re-exported)
+from scaffold.types import (
+    Example,  # noqa: F401  (re-exported)
+    normalize_text,
+)
 
 SPLITS = ("train", "test")
 
@@ -46,8 +49,9 @@ def data_root(explicit: str | Path | None = None) -> Path | None:
 
 
 def normalize_question(text: str) -> str:
-    """Whitespace-collapsed, case-folded text: the key for train/test overlap checks."""
-    return " ".join(text.split()).casefold()
+    """The key for train/test overlap checks: the leakage guard's own normalization
+    (case, whitespace and punctuation dropped; `scaffold.types.normalize_text`)."""
+    return normalize_text(text)
 
 
 def count_overlap(train: Iterable[Example], test: Iterable[Example]) -> int:
