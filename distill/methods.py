@@ -149,10 +149,10 @@ class SFT(Method):
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
         """The harness's final completion, if correct, becomes the target after the bare
         prompt."""
-        trace = item.trace
-        final = trace.final_call() if trace is not None and not trace.error else None
-        if final is None or ctx.task.grade(final.completion, item.example) < 1.0:
+        if not harness_right(ctx, item):
             return
+        trace = item.trace
+        final = trace.final_call()
         target = final.completion_token_ids or ctx.tokenizer.encode(
             final.completion, add_special_tokens=False)
         add_target(ctx, out, item.student_ids, list(target),
@@ -222,8 +222,8 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
 
 def harness_right(ctx: Any, item: Collected) -> bool:
     """Whether the harness's final answer grades correct on a labelled example (a failed or
-    empty run is wrong). Only for `--harness-filter gold`, which the config allows only
-    where every example carries its answer."""
+    empty run is wrong): sft's filter, and ophsd's under `--harness-filter gold` (which the
+    config allows only where every example carries its answer)."""
     trace = item.trace
     final = trace.final_call() if trace is not None and not trace.error else None
     return final is not None and ctx.task.grade(final.completion, item.example) >= 1.0
