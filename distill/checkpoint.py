@@ -55,6 +55,7 @@ CHECKPOINTS_FILE = "checkpoints.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 FINAL_ADAPTER_DIR = "final_adapter"  # the run's last adapter, beside checkpoints/
+GUARD_STOP_FILE = "guard_stop.json"  # why and where the collapse guard ended the run
 STATE_FILE = "state.pt"
 RANKS_FILE = "ranks.pt"  # torchrun: every rank's RNG states
 # Config keys a resumed run may change without changing what has been computed so far.
@@ -330,6 +331,21 @@ class RunDir:
         """Append one step's trained pairs (each with its "step") to trained.jsonl."""
         for row in rows:
             _append_jsonl(self.path / TRAINED_FILE, row)
+
+    def record_guard_stop(self, record: dict) -> None:
+        """The collapse guard ended the run (distill/guard.py): the alarm, and the checkpoint
+        ("healthy_step", "healthy_path") whose adapter the run ends with."""
+        _atomic_write_text(self.path / GUARD_STOP_FILE, json.dumps(record, indent=2) + "\n")
+
+    def guard_stop(self) -> dict | None:
+        """The guard's stop record, with "healthy_adapter" resolved inside the folder; None
+        if the guard never stopped this run."""
+        try:
+            record = json.loads((self.path / GUARD_STOP_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        record["healthy_adapter"] = self._inside(record["healthy_path"]) / ADAPTER_DIR
+        return record
 
     # ---------------------------------------------------------------- checkpoints
 

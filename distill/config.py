@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from distill.guard import GuardConfig
 from distill.methods import METHODS
 from scaffold.errors import ScaffoldError
 
@@ -75,6 +76,9 @@ class RunConfig:
                              "the student's mode)")
     loss_temperature: float = opt(1.0, "softmax temperature of both sides inside the loss")
     clip: float | None = opt(None, "clip each token's divergence at this value")
+    skip_first_tokens: int = opt(0, "no loss on the first N tokens of each distilled "
+                                 "response (where a teacher that knows the answer pulls "
+                                 "hardest toward stating it at once)")
     teacher: str = opt("frozen", "weights that score the teacher context: the live policy, "
                        "the frozen base, or an EMA of the policy", ("live", "frozen", "ema"))
     teacher_scorer: str = opt("auto", "who computes the teacher's distributions: the vLLM "
@@ -141,6 +145,26 @@ class RunConfig:
     data_parallel: int = opt(1, "vLLM data parallelism (engine replicas) of the policy server")
     server_devices: str | None = opt(None, "CUDA devices of the policy server, e.g. '1' or "
                                      "'2,3' (default: the trainer's, colocated)")
+    # Collapse guard (distill/guard.py). 0.5 on length is the issue's own collapse line
+    # (answers within half the base's length): GSM8K OPHSD fell to 0.04x its start and lost
+    # 0.26 accuracy, gold SFT on terse references to 0.43x and lost 0.20, while SSOPD held
+    # 0.95x and kept its accuracy (docs/notes/gsm8k.md).
+    guard_length: float = opt(0.5, "collapse guard: alarm when the mean rollout (or "
+                              "curve-point answer) length falls below this factor of its "
+                              "start (0: off)")
+    guard_parse: float = opt(0.5, "collapse guard: alarm when the share of rollouts (or "
+                             "curve-point answers) that parse falls below this factor of its "
+                             "start (0: off)")
+    # Off by default: on label tasks learning itself drives the student's entropy down (a
+    # confident right label is a low-entropy one), so a fall alone does not say collapse.
+    guard_entropy: float = opt(0.0, "collapse guard: alarm when the student's per-token "
+                               "entropy on the distilled tokens falls below this factor of "
+                               "its start (0: off)")
+    guard_window: int = opt(2, "collapse guard: steps averaged for the start and for the "
+                            "current value of each signal (4 rollouts a step are noisy)")
+    guard_stop: bool = opt(False, "collapse guard: on an alarm, end the run at the last "
+                           "checkpoint whose policy no alarmed window read (its adapter "
+                           "becomes final_adapter and is what the final table evaluates)")
     out: str = opt("runs/demo", "the run folder (an existing one is resumed)")
     tensorboard: bool = opt(False, "also log to OUT/tensorboard")
     transcripts: int = opt(4, "training pairs a step written to OUT/transcripts.jsonl with the "
@@ -157,9 +181,17 @@ class RunConfig:
 RESUMABLE = frozenset({"steps", "sync", "seeds", "checkpoint_every", "eval_limit", "eval_seed", "concurrency",
                        "api_base", "out", "tensorboard", "data_root", "eval_every", "transcripts",
                        "gpu_memory_utilization", "kv_cache_gib", "max_model_len",
-                       "tensor_parallel", "data_parallel", "server_devices"})
+                       "tensor_parallel", "data_parallel", "server_devices", "guard_length",
+                       "guard_parse", "guard_entropy", "guard_window", "guard_stop"})
 
 
+
+
+def guard_config(cfg: RunConfig) -> GuardConfig:
+    """The run's collapse guard settings (distill/guard.py)."""
+    return GuardConfig(length_factor=cfg.guard_length, parse_factor=cfg.guard_parse,
+                       entropy_factor=cfg.guard_entropy, baseline_steps=cfg.guard_window,
+                       window=cfg.guard_window, stop=cfg.guard_stop)
 
 
 def resolve_teacher_scorer(setting: str, teacher: str, answer_space: bool) -> str:
@@ -334,6 +366,14 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         p.error("--eval-every must be >= 0")
     if cfg.transcripts < 0:
         p.error("--transcripts must be >= 0")
+    if cfg.skip_first_tokens < 0:
+        p.error("--skip-first-tokens must be >= 0")
+    for name in ("guard_length", "guard_parse", "guard_entropy"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            p.error(f"--{name.replace('_', '-')} is a factor of the signal's start: in [0, 1) "
+                    "(0 turns it off)")
+    if cfg.guard_window < 1:
+        p.error("--guard-window must be >= 1")
     if cfg.eval_every and cfg.eval_limit <= 0:
         # held_out(limit=0) is the whole test split: 3,080 BANKING77 items, 25 min a point
         p.error(f"--eval-every {cfg.eval_every} evaluates --eval-limit items, which is "

@@ -246,7 +246,8 @@ def token_mean(per_token: Tensor, mask: Tensor, num_tokens: int | float | None =
     return total / max(float(num_tokens), 1.0)
 
 
-_STAT_NAMES = ("kl_sum", "clipped", "teacher_entropy_sum", "sampled_kl_sum")
+_STAT_NAMES = ("kl_sum", "clipped", "teacher_entropy_sum", "student_entropy_sum",
+               "sampled_kl_sum")
 
 
 def _chunk_losses(
@@ -281,6 +282,7 @@ def _chunk_losses(
         t_logp = log_probs(restrict(teacher_logits, support), temp)
         kl_sum = kl_from_logprobs(s_logp, t_logp).sum()
         entropy_sum = -(t_logp.exp() * t_logp).sum()
+        student_entropy_sum = -(s_logp.exp() * s_logp).sum()  # the collapse guard's signal
         zero = kl_sum.new_zeros(())
         sampled_kl = zero
         if sampled_ids is not None:
@@ -293,7 +295,7 @@ def _chunk_losses(
             clipped = (est.abs() > cfg.clip).sum().to(dtype)
         else:
             clipped = (loss >= cfg.clip).sum().to(dtype)
-        stats = torch.stack([kl_sum, clipped, entropy_sum, sampled_kl])
+        stats = torch.stack([kl_sum, clipped, entropy_sum, student_entropy_sum, sampled_kl])
     return loss_sum, stats
 
 
@@ -325,7 +327,7 @@ def chunked_distill_loss(
     as in :func:`token_mean`, for a global token mean) and detached stats:
     ``tokens`` (N), ``weight_sum``, ``loss_sum``, ``kl_sum`` (full-vocabulary
     reverse KL at the configured temperature, whatever the loss kind, unweighted),
-    ``clipped`` (tokens hit by the clip), ``teacher_entropy_sum`` and, when
+    ``clipped`` (tokens hit by the clip), ``teacher_entropy_sum``, ``student_entropy_sum`` and, when
     ``sampled_ids`` are given, ``sampled_kl_sum`` (sum of ``log S(y) - log P(y)``).
     ``support`` (bool ``[N, V]``, optional) restricts the teacher to each position's
     allowed tokens (module docstring); the stats are then over the support.

@@ -24,8 +24,9 @@ from distill import teacher as teacher_ctx
 from distill.answer_space import AnswerSpace
 from distill.pairs import PairSource, StepInputs, answer_ids, first_line, gold_target_ids
 from scaffold.chat import render_ids
+from scaffold.client import Completion
 from scaffold.trace import Trace
-from scaffold.types import Example, Item, is_labelled
+from scaffold.types import Example, Item, TaskContract, is_labelled
 
 
 @dataclass
@@ -119,7 +120,8 @@ class SSOPD(Method):
         answer; student tokens = the group's longest wrong rollout."""
         tok, task = ctx.tokenizer, ctx.task
         graded = [(task.grade(c.text, item.example) >= 1.0, c) for c in item.rollouts]
-        out.counts["rollouts"] += len(graded)
+        for c in item.rollouts:
+            count_rollout(out, task, c)
         n_correct = sum(ok for ok, _ in graded)
         out.counts["student_correct"] += n_correct
         weight = ssopd_weight(n_correct, len(graded))
@@ -204,9 +206,7 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
     teacher_ids = render_ids(tok, tc.messages)
     source = PairSource("rollout", ex.id, tc.messages, item.trace, item.student_messages)
     for comp in item.rollouts:
-        out.counts["rollouts"] += 1
-        parsed = task.parse(comp.text)
-        out.counts["student_parsed"] += parsed is not None
+        parsed = count_rollout(out, task, comp)
         out.counts["student_agrees_harness"] += parsed is not None and \
             parsed == item.harness_answer
         if is_labelled(ex):
@@ -218,6 +218,16 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
     if harness_path:
         add_harness_path(ctx, out, item.student_ids, teacher_ids, item.trace, weight,
                          replace(source, kind="harness_path"))
+
+
+def count_rollout(out: StepInputs, task: TaskContract, comp: Completion) -> str | None:
+    """Count one student rollout (its tokens, whether it parses: what the collapse guard
+    watches, distill/guard.py); returns its parsed answer."""
+    parsed = task.parse(comp.text)
+    out.counts["rollouts"] += 1
+    out.counts["rollout_tokens"] += len(comp.token_ids)
+    out.counts["student_parsed"] += parsed is not None
+    return parsed
 
 
 def harness_right(ctx: Any, item: Collected) -> bool:

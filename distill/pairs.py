@@ -41,7 +41,7 @@ class StepInputs:
     sft: list[bool] = field(default_factory=list)  # per pair: cross-entropy on a gold target
     sources: list[PairSource] = field(default_factory=list)  # per pair: for its transcript
     counts: dict = field(default_factory=lambda: {
-        "examples": 0, "rollouts": 0, "fallback": 0, "skipped_fallback": 0,
+        "examples": 0, "rollouts": 0, "rollout_tokens": 0, "fallback": 0, "skipped_fallback": 0,
         "skipped_too_long": 0, "harness_failed": 0, "harness_correct": 0,
         "student_correct": 0, "student_parsed": 0, "sft_targets": 0, "ssopd_mixed": 0,
         "harness_paths": 0, "harness_paths_skipped": 0, "off_answer_space": 0,

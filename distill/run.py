@@ -27,6 +27,7 @@ from the last checkpoint with the same data order and sampling seeds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from distill.checkpoint import FINAL_ADAPTER_DIR, RESUMABLE_KEYS, DataCursor, Ru
 from distill.config import (
     RESUMABLE,
     RunConfig,
+    guard_config,
     parse_args,
     resolve_answer_space,
     resolve_loss,
@@ -59,6 +61,7 @@ from distill.distributed import (
     world,
 )
 from distill.export import record_rows
+from distill.guard import CollapseGuard, healthy_checkpoint
 from distill.loop import collect
 from distill.losses import LossConfig
 from distill.methods import get_method
@@ -77,6 +80,8 @@ from scaffold.registry import resolve
 from scaffold.server import ExternalServer, install_sigterm_handler, policy_endpoint
 from scaffold.trace import write_jsonl
 from scaffold.types import Example, Item, TaskContract
+
+log = logging.getLogger("distill.run")
 
 
 @dataclass
@@ -143,17 +148,23 @@ def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerCo
                          lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
                          total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                          micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
-                         loss=loss, seed=cfg.seed)
+                         loss=loss, seed=cfg.seed, skip_first_tokens=cfg.skip_first_tokens)
 
 
 def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequence[Item],
-          gold_set: Sequence[Example] = (), writer: Any = None) -> None:
+          gold_set: Sequence[Example] = (), writer: Any = None) -> dict | None:
     """The loop: per step, the next `batch_size` items of `train_set` (pool questions or
     examples) and `gold_batch_size` labelled examples of `gold_set`, collected into training
-    pairs, one optimizer step, a policy sync; checkpoints carry both data cursors."""
+    pairs, one optimizer step, a policy sync; checkpoints carry both data cursors. Every
+    step's row goes through the collapse guard (distill/guard.py); returns its stop record
+    when --guard-stop ended the run early (the trainer then holds the healthy adapter)."""
     cfg = run.cfg
     w = world()  # under torchrun: this rank trains on its share of every step (shard)
+    stopped = run_dir.guard_stop()
+    if stopped is not None:  # the guard ended this run before a crash: end it the same way
+        return end_at_healthy(run, trainer, stopped)
     restored = run_dir.restore(trainer, rank=w.rank, world_size=w.size)
+    guard = CollapseGuard.replay(guard_config(cfg), run_dir.metrics())
     cursor = DataCursor.from_dict(restored["cursor"]) if restored else DataCursor()
     gold_cursor = DataCursor.from_dict(restored["gold_cursor"]) \
         if restored and restored.get("gold_cursor") else DataCursor()
@@ -213,8 +224,11 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
             if w.main:
                 row.update(curve_point(run))  # timed apart: eval_s is not part of step_s
             barrier()
+        row.update(guard.observe(row))
         if w.main:
             run_dir.log_metrics(row)
+            for line in guard.new_warnings():
+                log.warning("step %d: %s", step + 1, line)
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, int | float):
@@ -226,10 +240,53 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
                     "cursor": cursor.to_dict(), "gold_cursor": gold_cursor.to_dict(),
                     "loop_step": step + 1}, rank_rng=rngs)
             barrier()  # a crash now resumes every rank from the same checkpoint
+        alarm = guard.postfix()
         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}",
                         kl=f"{row.get('kl', float('nan')):.3f}", pairs=len(inputs.pairs),
-                        **({"acc": f"{row['eval_score']:.3f}"} if "eval_score" in row else {}))
+                        **({"acc": f"{row['eval_score']:.3f}"} if "eval_score" in row else {}),
+                        **({"COLLAPSE": alarm} if alarm else {}))
+        # rank 0 decides (only it scored the curve points), every rank stops with it
+        if broadcast(cfg.guard_stop and bool(guard.alarms()) and step + 1 < cfg.steps):
+            bar.close()
+            return stop_at_healthy(run, trainer, run_dir, guard, step + 1)
     bar.close()
+    return None
+
+
+class CollapsedBeforeCheckpoint(ScaffoldError, RuntimeError):
+    """--guard-stop fired before any checkpoint the alarm had not read."""
+
+
+def stop_at_healthy(run: Run, trainer: DistillTrainer, run_dir: RunDir, guard: CollapseGuard,
+                    step: int) -> dict:
+    """--guard-stop: record why, then end the run at the last healthy checkpoint."""
+    first = guard.first_alarm_step or step
+    ckpt = healthy_checkpoint(run_dir.checkpoints(), first, guard.cfg.window)
+    ratios = guard.ratios()
+    alarms = {s: round(ratios[s], 4) for s in guard.alarms(ratios)}
+    if ckpt is None:
+        raise CollapsedBeforeCheckpoint(
+            f"the collapse guard fired at step {first} ({alarms}, as a share of each signal's "
+            f"start) before any checkpoint it had not read (one every {run.cfg.checkpoint_every}"
+            " steps): lower --lr, or --checkpoint-every, or raise the --guard-* factors' "
+            "tolerance (a lower factor); metrics.jsonl holds every step so far")
+    record = {"stopped_at_step": step, "first_alarm_step": first, "alarms": alarms,
+              "healthy_step": int(ckpt["step"]), "healthy_path": str(ckpt["path"])}
+    if world().main:
+        run_dir.record_guard_stop(record)
+    barrier()
+    return end_at_healthy(run, trainer, run_dir.guard_stop() or record)
+
+
+def end_at_healthy(run: Run, trainer: DistillTrainer, stopped: dict) -> dict:
+    """Load the healthy checkpoint's adapter and serve it: what the run saves and evaluates."""
+    trainer.load_adapter(stopped["healthy_adapter"])
+    run.sync(trainer, int(stopped["stopped_at_step"]) + 1)  # a policy name never served
+    if world().main:
+        log.warning("collapse guard: the run stopped at step %d (%s); it ends with step %d's "
+                    "adapter", stopped["stopped_at_step"], stopped["alarms"],
+                    stopped["healthy_step"])
+    return stopped
 
 
 def reads_policy(cfg: RunConfig, step: int) -> bool:
@@ -248,7 +305,10 @@ def curve_point(run: Run) -> dict[str, float]:
     lm = run.client.dspy_lm(run.policy_name, temperature=0.0, max_tokens=run.max_new_tokens)
     res = evaluate(run.task, "none", items, lm=lm, model_label="curve",
                    concurrency=run.cfg.concurrency, progress=False)
-    return {"eval_score": res.score, "eval_n": res.n, "eval_s": time.perf_counter() - t0}
+    return {"eval_score": res.score, "eval_n": res.n, "eval_s": time.perf_counter() - t0,
+            # the collapse guard's view of methods that never sample (distill/guard.py)
+            "eval_answer_tokens": res.answer_tokens_per_example,
+            "eval_parse_rate": 1.0 - res.parse_failures / res.n if res.n else float("nan")}
 
 
 def final_eval(run: Run, run_dir: RunDir) -> list[Any]:
@@ -281,7 +341,8 @@ def completed(run_dir: RunDir, cfg: RunConfig) -> list[EvalResult] | None:
     """A finished run rerun with the same command: its saved evaluation (an empty list when
     --eval-limit is 0), so nothing is trained or evaluated twice; None if work remains."""
     last = run_dir.latest_checkpoint()
-    if not last or last.get("loop_step") != cfg.steps or \
+    ended = run_dir.guard_stop() is not None or (last and last.get("loop_step") == cfg.steps)
+    if not ended or \
             not (run_dir.path / FINAL_ADAPTER_DIR / "adapter_config.json").exists():
         return None
     if cfg.eval_limit <= 0:
@@ -381,13 +442,17 @@ def main(cfg: RunConfig) -> dict:
                   cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path,
                   space, scorer)
         client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
-        train(run, trainer, run_dir, train_set,
-              bank if cfg.gold_batch_size or cfg.gold_warmup_steps else (), writer)
+        stopped = train(run, trainer, run_dir, train_set,
+                        bank if cfg.gold_batch_size or cfg.gold_warmup_steps else (), writer)
         final = run_dir.path / FINAL_ADAPTER_DIR
         if not w.main:
             return {"run_dir": str(run_dir.path), "eval": []}  # rank 0 saves and evaluates
         trainer.save_adapter(final)
         results = final_eval(run, run_dir) if cfg.eval_limit > 0 else []
+    if stopped:
+        print(f"\nThe collapse guard stopped the run at step {stopped['stopped_at_step']} "
+              f"({stopped['alarms']}); {final} is step {stopped['healthy_step']}'s adapter "
+              f"({run_dir.path}/guard_stop.json).")
     print(f"\nTrained adapter: {final}\nServe it with:\n  python -m distill.serve "
           f"--model {cfg.model} --adapter {final}")
     return {"run_dir": str(run_dir.path), "eval": [r.row() for r in results]}

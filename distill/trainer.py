@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 LIVE_ADAPTER = "default"  # peft's name for the first adapter; the one we train and save
 EMA_ADAPTER = "ema"
 TEACHER_KINDS = ("live", "frozen", "ema")
-_SUMMED_STATS = ("kl_sum", "teacher_entropy_sum", "clipped")  # from chunked_distill_loss
+_SUMMED_STATS = ("kl_sum", "teacher_entropy_sum", "student_entropy_sum", "clipped")  # from chunked_distill_loss
 
 
 @dataclass
@@ -86,6 +86,9 @@ class TrainerConfig:
     dtype: str = "auto"  # "auto" | "bfloat16" | "float16" | "float32" (base weights only)
     seed: int = 0
     gradient_checkpointing: bool = False
+    # No loss on the first N tokens of each distilled response: where a teacher that knows
+    # the answer pulls hardest toward stating it at once (GSM8K: "The answer is N.").
+    skip_first_tokens: int = 0
     # Compute a prompt prefix shared by all rows of a step once (see distill.shared_prefix);
     # off under gradient checkpointing. Shorter shared prefixes are not worth the detour.
     share_prefix: bool = True
@@ -411,6 +414,9 @@ class DistillTrainer:
             sampled_ids = batch.flat_response_ids()
             token_weights = None if weights is None else _per_token(
                 [weights[i] for i in idx], chunk_lengths, device)
+            if self.cfg.skip_first_tokens and needs(idx[0]) != 0:
+                token_weights = skip_first(token_weights, chunk_lengths,
+                                           self.cfg.skip_first_tokens, device)
             bias = getattr(self.lm_head, "bias", None)
             token_logprobs = support = given = None
             if needs(idx[0]) == 0:
@@ -499,6 +505,8 @@ class DistillTrainer:
             # the divergence stats cover the distilled tokens only (sft pairs have no teacher)
             "kl": stat_sums["kl_sum"] / distill_tokens if distill_tokens else float("nan"),
             "teacher_entropy": (stat_sums["teacher_entropy_sum"] / distill_tokens
+                                if distill_tokens else float("nan")),
+            "student_entropy": (stat_sums["student_entropy_sum"] / distill_tokens
                                 if distill_tokens else float("nan")),
             "clipped_frac": per_token(stat_sums["clipped"]),
             "tokens": total_tokens,
@@ -767,6 +775,15 @@ def _computed_positions(batches: Sequence, prefix: PrefixKV | None) -> int:
     cut = prefix.length if prefix is not None else 0
     rows = sum(int((b.student_attention_mask.sum(-1) - cut).sum()) for b in batches)
     return rows + (cut if batches else 0)
+
+
+def skip_first(token_weights: torch.Tensor | None, lengths: Sequence[int], n: int,
+               device: torch.device | str) -> torch.Tensor:
+    """Per-token weights (ones if None) with each response's first `n` tokens set to 0."""
+    if token_weights is None:
+        token_weights = torch.ones(sum(lengths), dtype=torch.float32, device=device)
+    keep = torch.cat([torch.arange(k, device=device) >= n for k in lengths])
+    return token_weights * keep.to(token_weights.dtype)
 
 
 def _per_token(weights: Sequence[float], lengths: Sequence[int], device) -> torch.Tensor:

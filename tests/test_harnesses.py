@@ -412,6 +412,11 @@ def test_program_solve_runs_the_programs_votes_and_solves_with_the_winner(tmp_pa
         "A Python program written for this problem:\n```python\nx = 2 + 3\nprint(x)\n```\n"
         "It printed: 5"))
     assert pred.answer == task.parse("\\boxed{5}")
+    # the OPHSD teacher's context is that request: the student's prompt plus the evidence
+    from distill.teacher import from_trace
+
+    tc = from_trace(tr, task.student_messages(example))
+    assert tc.messages == final and not tc.fallback
     assert [k.get("temperature") for k in lm.request_kwargs[:3]] == [0.7] * 3
     assert "Problem: What is 2+3?" in lm.requests[0][0]["content"]  # after the worked examples
 
@@ -434,6 +439,9 @@ def test_program_solve_falls_back_to_the_bare_prompt_when_no_program_prints(tmp_
     assert pred.program is None and tr.step_names() == ["write", "bare"]
     assert [f["kind"] for f in tr.fallbacks] == ["program_failed"]
     assert lm.requests[-1] == task.student_messages(example)
+    from distill.teacher import from_trace  # no program: no privileged signal, a skipped pair
+
+    assert from_trace(tr, task.student_messages(example)).fallback
     assert [printed_number(s) for s in ("12.0\n", "a 1,200 b", "3.50", "none")] == \
         ["12", "1200", "3.5", None]
     with pytest.raises(ValueError, match="math tasks"):

@@ -8,6 +8,10 @@ from scaffold.client import PolicyClient
 
 pytestmark = pytest.mark.integration
 
+# bf16 engine vs bf16 trainer: the worst position's total variation measured 0.052-0.059 on
+# an AVX512-BF16 CPU (an off-by-one position or a wrong support gives 0.5 and more)
+TV_BF16 = 0.1
+
 MESSAGES = [{"role": "user", "content": "Name one colour of the rainbow."}]
 
 
@@ -127,8 +131,9 @@ def test_seeded_groups_that_overflow_the_token_budget_keep_the_engine_alive(vllm
 
 def test_server_scored_teacher_equals_the_trainers_teacher_forward(vllm_server, smollm2_path):
     """The teacher's answer-space distribution scored by vLLM (what --teacher-scorer server
-    trains on) equals the trainer's own teacher forward on the same live weights: within
-    1e-3 in fp32 (measured ~1e-5), 0.15 where both run bf16; so does the step's loss."""
+    trains on) equals the trainer's own teacher forward on the same live weights: the two
+    distributions over each position's support within 1e-3 total variation in fp32 and
+    TV_BF16 where both run bf16; the step trains on the served values."""
     from distill.answer_space import AnswerSpace
     from distill.loop import score_teacher_on_server
     from distill.pairs import StepInputs
@@ -157,16 +162,28 @@ def test_server_scored_teacher_equals_the_trainers_teacher_forward(vllm_server, 
     hidden = trainer.hidden_states(batch.teacher_input_ids, batch.teacher_attention_mask,
                                    batch.teacher_position_ids, weights="live")
     rows = gather_response_positions(hidden, batch.teacher_response_mask)
-    hf = torch.log_softmax(trainer.lm_head(rows).float(), dim=-1)
-    tolerance = 1e-3 if trainer.dtype == torch.float32 else 0.15
-    k, worst = 0, 0.0
+    # logits as the loss computes them (fp32 head over the hidden states, distill.losses)
+    hf = torch.log_softmax(torch.nn.functional.linear(
+        rows.float(), trainer.lm_head.weight.float()), dim=-1)
+    # What the loss reads is the teacher's distribution over each position's support, so
+    # that is what is compared: the total variation between the two, renormalized there. In
+    # bf16 the log-probabilities of the support's unlikely labels differ by up to 0.45 nats
+    # between vLLM's CPU kernels and HF's (AVX512-BF16 machine) while the distributions stay
+    # within TV_BF16: a log-space check held only on fp32 machines.
+    tolerance = 1e-3 if trainer.dtype == torch.float32 else TV_BF16
+    k, worst, worst_logprob = 0, 0.0, 0.0
     for support, served in zip(out.supports, out.teacher_logprobs, strict=True):
         for ids, values in zip(support, served, strict=True):
             if len(ids) > 1:  # one allowed id is not scored: the restricted teacher is certain
-                worst = max(worst, max(abs(float(hf[k, i]) - v)
-                                       for i, v in zip(ids, values, strict=True)))
+                ours = torch.softmax(hf[k, ids], dim=-1)
+                theirs = torch.softmax(torch.tensor(values, dtype=torch.float32), dim=-1)
+                worst = max(worst, 0.5 * float((ours - theirs).abs().sum()))
+                worst_logprob = max(worst_logprob, max(abs(float(hf[k, i]) - v)
+                                                       for i, v in zip(ids, values, strict=True)))
             k += 1
-    assert worst < tolerance, worst
+    print(f"{trainer.dtype}: worst total variation {worst:.2e}, worst log-prob gap "
+          f"{worst_logprob:.3f}")
+    assert worst < tolerance, (worst, worst_logprob)
     given = trainer.train_step(out.pairs, supports=out.supports,
                                teacher_logprobs=out.teacher_logprobs)
     assert given["time_teacher_s"] < 1e-2 and given["loss"] > 0

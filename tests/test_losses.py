@@ -319,9 +319,11 @@ def test_chunked_equals_unchunked(base, chunk):
         loss = (per_token_divergence(s_logits, t_logits, cfg, ids, sampling) * weights).sum()
         loss.backward()
         kl = explicit_kl(s_logits.detach() / cfg.temperature, t_logits / cfg.temperature).sum()
-        return loss.detach(), s_h_.grad, w_.grad, b_.grad, kl
+        s_logp = torch.log_softmax(s_logits.detach() / cfg.temperature, dim=-1)
+        entropy = -(s_logp.exp() * s_logp).sum()  # the collapse guard's student entropy
+        return loss.detach(), s_h_.grad, w_.grad, b_.grad, kl, entropy
 
-    ref_loss, ref_gs, ref_gw, ref_gb, ref_kl = reference()
+    ref_loss, ref_gs, ref_gw, ref_gb, ref_kl, ref_entropy = reference()
     s_h_, w_, b_ = (x.clone().requires_grad_() for x in (s_h, w, bias))
     t_h_ = t_h.clone().requires_grad_()
     loss, stats = chunked_distill_loss(s_h_, t_h_, w_, cfg, b_, ids, sampling, weights)
@@ -333,6 +335,7 @@ def test_chunked_equals_unchunked(base, chunk):
     assert t_h_.grad is None
     assert stats["tokens"] == 7
     assert stats["kl_sum"] == pytest.approx(float(ref_kl), rel=1e-9)
+    assert stats["student_entropy_sum"] == pytest.approx(float(ref_entropy), rel=1e-9)
     assert stats["loss_sum"] == pytest.approx(float(ref_loss), rel=1e-9)
     assert stats["weight_sum"] == pytest.approx(float(weights.sum()))
     assert "sampled_kl_sum" in stats

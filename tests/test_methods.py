@@ -42,6 +42,10 @@ class LabelTask:
     def grade(self, completion: str, ex: Example) -> float:
         return float(completion.strip().split("\n")[0].strip() == ex.answer)
 
+    def parse(self, completion: str) -> str | None:
+        first = completion.strip().split("\n")[0].strip()
+        return first if first in ("card_arrival", "lost_card") else None
+
 
 def completion(text: str) -> SimpleNamespace:
     tok = CharTokenizer()
@@ -73,6 +77,9 @@ def test_ssopd_distils_shortest_correct_into_longest_wrong():
     METHODS["ssopd"].add_pairs(ctx, out, Collected(ex, student, student_ids, True,
                                                    rollouts=group))
     assert out.counts["rollouts"] == 4 and out.counts["student_correct"] == 2
+    # what the collapse guard reads: every rollout's tokens and whether it parses
+    assert out.counts["rollout_tokens"] == sum(len(c.token_ids) for c in group)
+    assert out.counts["student_parsed"] == 3  # card_payment_wrong_amount is not a label here
     assert out.counts["ssopd_mixed"] == 1 and out.weights == [pytest.approx(1.0)]
     pair = out.pairs[0]
     assert tok.decode(pair.response_ids) == " card_payment_wrong_amount"  # the longest wrong one

@@ -179,6 +179,26 @@ def test_grad_accumulation_equals_one_big_micro_batch(tiny_model_dir):
         torch.testing.assert_close(w1[name], w4[name], rtol=1e-4, atol=1e-6)
 
 
+def test_skip_first_tokens_drops_each_responses_opening_from_the_loss(tiny_model_dir):
+    """--skip-first-tokens 2: the step's loss is the sum of every response's per-token terms
+    after its first two, over all 14 response tokens (the same first step's token reports
+    give the terms)."""
+    from distill.trainer import skip_first
+
+    assert skip_first(None, [3, 1, 2], 1, "cpu").tolist() == [0, 1, 1, 0, 0, 1]
+    assert skip_first(torch.tensor([2.0, 2, 2, 5]), [2, 2], 1, "cpu").tolist() == [0, 2, 0, 5]
+    pairs = make_pairs()
+    every = make_trainer(tiny_model_dir, teacher="frozen")
+    full = every.train_step(pairs, inspect=range(len(pairs)))
+    terms = [every.last_token_reports[i].loss for i in range(len(pairs))]
+    skipped = make_trainer(tiny_model_dir, teacher="frozen", skip_first_tokens=2)
+    metrics = skipped.train_step(pairs)
+    assert metrics["tokens"] == full["tokens"] == 14
+    expected = sum(sum(t[2:]) for t in terms) / 14
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["loss"] < full["loss"] == pytest.approx(sum(map(sum, terms)) / 14, rel=1e-5)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
     grads = {}
     for checkpointing in (False, True):
