@@ -397,6 +397,10 @@ class RunDir:
         """Committed checkpoint rows (torn last line ignored), oldest first."""
         return _read_jsonl(self.path / CHECKPOINTS_FILE)
 
+    def committed_checkpoints(self) -> list[dict]:
+        """The committed checkpoint rows whose folders are complete, oldest first."""
+        return [row for row in self.checkpoints() if _is_complete(self._inside(row["path"]))]
+
     def latest_checkpoint(self) -> dict | None:
         """The last committed checkpoint whose folder is complete, or None."""
         for row in reversed(self.checkpoints()):

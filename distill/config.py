@@ -163,7 +163,7 @@ class RunConfig:
     guard_window: int = opt(2, "collapse guard: steps averaged for the start and for the "
                             "current value of each signal (4 rollouts a step are noisy)")
     guard_stop: bool = opt(False, "collapse guard: on an alarm, end the run at the last "
-                           "checkpoint whose policy no alarmed window read (its adapter "
+                           "checkpoint older than every policy the alarm read (its adapter "
                            "becomes final_adapter and is what the final table evaluates)")
     out: str = opt("runs/demo", "the run folder (an existing one is resumed)")
     tensorboard: bool = opt(False, "also log to OUT/tensorboard")

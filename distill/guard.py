@@ -16,8 +16,8 @@ A signal's start is the mean of its first `baseline_steps` values, its current v
 of its last `window`; it alarms when current < factor x start. An alarm is shown in the
 progress bar, logged once as a warning, and written to the metrics row (`guard_<signal>`: the
 ratio; `guard_alarms`: how many signals alarm). With `stop`, the loop ends the run at the
-last checkpoint whose policy no alarmed window read (`healthy_checkpoint`, used by
-`distill.run.train`).
+last checkpoint older than every policy the first alarmed window read (`policy_read`,
+`healthy_checkpoint`; used by `distill.run.train`).
 
 The state is a pure function of the metrics rows, so a resumed run rebuilds it by replaying
 them (`CollapseGuard.replay`) and alarms exactly where the uninterrupted run would.
@@ -76,8 +76,11 @@ def _number(value: object) -> float | None:
 @dataclass
 class CollapseGuard:
     cfg: GuardConfig = field(default_factory=GuardConfig)
-    history: dict[str, list[float]] = field(default_factory=dict)
+    # per signal, (value, the policy step that produced it: updates behind those weights)
+    history: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     first_alarm_step: int | None = None  # the step whose row first alarmed
+    # the oldest policy the first alarmed window read: the run's last healthy policy is older
+    first_alarm_policy: int | None = None
     warned: set[str] = field(default_factory=set)
 
     @classmethod
@@ -91,24 +94,28 @@ class CollapseGuard:
     def ratios(self) -> dict[str, float]:
         """Each signal's current value over its start, once both are known."""
         out = {}
-        for signal, values in self.history.items():
+        for signal, entries in self.history.items():
             n = self.cfg.baseline_steps
-            if len(values) < n + 1:
+            if len(entries) < n + 1:
                 continue  # the start is still being measured
-            start = sum(values[:n]) / n
-            recent = values[-self.cfg.window:]
+            start = sum(v for v, _ in entries[:n]) / n
+            recent = entries[-self.cfg.window:]
             if start > 0:
-                out[signal] = sum(recent) / len(recent) / start
+                out[signal] = sum(v for v, _ in recent) / len(recent) / start
         return out
 
     def observe(self, row: Mapping[str, object]) -> dict[str, float]:
         """Take one step's metrics row; returns the metrics to add to it (`guard_*`)."""
+        step = row.get("step")
+        step = int(step) if isinstance(step, int) else len(self.history) + 1  # type: ignore[arg-type]
         for signal, value in signals(row).items():
-            self.history.setdefault(signal, []).append(value)
+            self.history.setdefault(signal, []).append((value, policy_read(signal, row, step)))
         ratios = self.ratios()
         alarms = self.alarms(ratios)
-        if alarms and self.first_alarm_step is None and isinstance(row.get("step"), int):
-            self.first_alarm_step = int(row["step"])  # type: ignore[arg-type]
+        if alarms and self.first_alarm_step is None:
+            self.first_alarm_step = step
+            self.first_alarm_policy = min(p for s in alarms
+                                          for _, p in self.history[s][-self.cfg.window:])
         return {**{f"guard_{s}": r for s, r in ratios.items()}, "guard_alarms": len(alarms)}
 
     def alarms(self, ratios: Mapping[str, float] | None = None) -> list[str]:
@@ -134,12 +141,23 @@ class CollapseGuard:
         return " ".join(f"{s} {ratios[s]:.2f}x" for s in self.alarms(ratios))
 
 
-def healthy_checkpoint(checkpoints: Iterable[Mapping[str, object]], first_alarm_step: int,
-                       window: int) -> Mapping[str, object] | None:
-    """The last checkpoint whose policy no alarmed window saw, or None. Step k's rollouts
-    come from the policy after k - 1 updates, so the first alarmed row (window `window`)
-    read policies k - window .. k - 1: the last one known healthy is k - window."""
-    last_healthy = first_alarm_step - window
+def policy_read(signal: str, row: Mapping[str, object], step: int) -> int:
+    """The policy (as the number of updates behind it) that produced a signal's value in the
+    row of loop step `step` (1-based): the curve points evaluate the policy synced after the
+    step; the trainer's entropy is that of the weights before the step's update; rollouts
+    come from the policy the server held (`policy_step`, which the loop records; with
+    --sync-every 1 that is step - 1)."""
+    if signal.startswith("eval_"):
+        return step
+    if signal == "student_entropy":
+        return step - 1
+    served = row.get("policy_step")
+    return int(served) if isinstance(served, int) else step - 1
+
+
+def healthy_checkpoint(checkpoints: Iterable[Mapping[str, object]],
+                       first_alarm_policy: int) -> Mapping[str, object] | None:
+    """The last checkpoint older than every policy the first alarmed window read, or None."""
     before = [c for c in checkpoints
-              if isinstance(c.get("step"), int) and int(c["step"]) <= last_healthy]  # type: ignore[arg-type]
+              if isinstance(c.get("step"), int) and int(c["step"]) < first_alarm_policy]  # type: ignore[arg-type]
     return before[-1] if before else None

@@ -164,7 +164,8 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
     if stopped is not None:  # the guard ended this run before a crash: end it the same way
         return end_at_healthy(run, trainer, stopped)
     restored = run_dir.restore(trainer, rank=w.rank, world_size=w.size)
-    guard = CollapseGuard.replay(guard_config(cfg), run_dir.metrics())
+    # rank 0 owns the guard (only it scores the curve points) and decides for every rank
+    guard = CollapseGuard.replay(guard_config(cfg), run_dir.metrics() if w.main else [])
     cursor = DataCursor.from_dict(restored["cursor"]) if restored else DataCursor()
     gold_cursor = DataCursor.from_dict(restored["gold_cursor"]) \
         if restored and restored.get("gold_cursor") else DataCursor()
@@ -176,6 +177,10 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
     elif cfg.init_adapter:
         trainer.load_adapter(cfg.init_adapter)  # a fresh run starts from the given adapter
         run.sync(trainer, 0)
+    served = start  # the policy step the server holds (what this step's rollouts read)
+    if broadcast(cfg.guard_stop and bool(guard.alarms())):
+        # killed after the alarmed step's checkpoint, before its stop record was written
+        return stop_at_healthy(run, trainer, run_dir, guard, start)
     sampled_loss = resolve_loss(cfg.loss, run.task.kind) == "sampled_token"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="distill",
                dynamic_ncols=True, disable=not w.main)
@@ -192,7 +197,8 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
             gold_indices, gold_cursor = gold_cursor.take(len(gold_set), n_gold, cfg.seed + 1)
             gold = [gold_set[i] for i in shard(gold_indices, w)]
         inputs = collect(run, step, batch, gold)
-        row: dict[str, Any] = {"step": step + 1, **merge_counts(inputs.counts, inputs.times)}
+        row: dict[str, Any] = {"step": step + 1, "policy_step": served,
+                               **merge_counts(inputs.counts, inputs.times)}
         if any_rank(bool(inputs.pairs)):  # a rank with an empty share still joins the step
             given = run.teacher_scorer == "vllm"
             stats = trainer.train_step(
@@ -218,6 +224,7 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
         if step + 1 == cfg.steps or curve or (
                 reads_policy(cfg, step + 1) and (step + 1) % cfg.sync_every == 0):
             run.sync(trainer, step + 1)
+            served = step + 1
         row["sync_s"] = time.perf_counter() - t0
         row["step_s"] = time.perf_counter() - t_step
         if curve:
@@ -245,8 +252,7 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
                         kl=f"{row.get('kl', float('nan')):.3f}", pairs=len(inputs.pairs),
                         **({"acc": f"{row['eval_score']:.3f}"} if "eval_score" in row else {}),
                         **({"COLLAPSE": alarm} if alarm else {}))
-        # rank 0 decides (only it scored the curve points), every rank stops with it
-        if broadcast(cfg.guard_stop and bool(guard.alarms()) and step + 1 < cfg.steps):
+        if broadcast(cfg.guard_stop and bool(guard.alarms())):
             bar.close()
             return stop_at_healthy(run, trainer, run_dir, guard, step + 1)
     bar.close()
@@ -259,23 +265,30 @@ class CollapsedBeforeCheckpoint(ScaffoldError, RuntimeError):
 
 def stop_at_healthy(run: Run, trainer: DistillTrainer, run_dir: RunDir, guard: CollapseGuard,
                     step: int) -> dict:
-    """--guard-stop: record why, then end the run at the last healthy checkpoint."""
-    first = guard.first_alarm_step or step
-    ckpt = healthy_checkpoint(run_dir.checkpoints(), first, guard.cfg.window)
-    ratios = guard.ratios()
-    alarms = {s: round(ratios[s], 4) for s in guard.alarms(ratios)}
-    if ckpt is None:
-        raise CollapsedBeforeCheckpoint(
-            f"the collapse guard fired at step {first} ({alarms}, as a share of each signal's "
-            f"start) before any checkpoint it had not read (one every {run.cfg.checkpoint_every}"
-            " steps): lower --lr, or --checkpoint-every, or raise the --guard-* factors' "
-            "tolerance (a lower factor); metrics.jsonl holds every step so far")
-    record = {"stopped_at_step": step, "first_alarm_step": first, "alarms": alarms,
-              "healthy_step": int(ckpt["step"]), "healthy_path": str(ckpt["path"])}
+    """--guard-stop: record why, then end the run at the last healthy checkpoint. Rank 0
+    decides (its guard saw every signal) and every rank follows its record or its error."""
+    decision: dict[str, Any] = {}
     if world().main:
-        run_dir.record_guard_stop(record)
+        first, oldest = guard.first_alarm_step or step, guard.first_alarm_policy or step
+        ckpt = healthy_checkpoint(run_dir.committed_checkpoints(), oldest)
+        ratios = guard.ratios()
+        alarms = {s: round(ratios[s], 4) for s in guard.alarms(ratios)}
+        if ckpt is None:
+            decision = {"error": (
+                f"the collapse guard fired at step {first} ({alarms}, as a share of each "
+                f"signal's start), and no checkpoint predates the policies it read (one every "
+                f"{run.cfg.checkpoint_every} steps): lower --lr or --checkpoint-every, or "
+                "lower the --guard-* factors; metrics.jsonl holds every step so far")}
+        else:
+            decision = {"stopped_at_step": step, "first_alarm_step": first,
+                        "alarms": alarms, "healthy_step": int(ckpt["step"]),
+                        "healthy_path": str(ckpt["path"])}
+            run_dir.record_guard_stop(decision)
+    decision = broadcast(decision)
+    if "error" in decision:
+        raise CollapsedBeforeCheckpoint(decision["error"])
     barrier()
-    return end_at_healthy(run, trainer, run_dir.guard_stop() or record)
+    return end_at_healthy(run, trainer, run_dir.guard_stop() or decision)
 
 
 def end_at_healthy(run: Run, trainer: DistillTrainer, stopped: dict) -> dict:
@@ -392,7 +405,14 @@ def main(cfg: RunConfig) -> dict:
     run_dir = open_run_dir(cfg, w)
     done = completed(run_dir, cfg)
     if done is not None:
-        print(f"{run_dir.path} already finished its {cfg.steps} steps; nothing to redo.")
+        stopped = run_dir.guard_stop()
+        if stopped is not None:
+            print(f"{run_dir.path}: the collapse guard ended this run at step "
+                  f"{stopped['stopped_at_step']} with step {stopped['healthy_step']}'s adapter "
+                  f"(guard_stop.json); nothing to redo. To train on from there, start a new "
+                  f"--out with --init-adapter {stopped['healthy_adapter']}.")
+        else:
+            print(f"{run_dir.path} already finished its {cfg.steps} steps; nothing to redo.")
         if done:
             print_eval(done, f"{task.name}: no harness, {done[0].n} held-out items (eval.json)")
         return {"run_dir": str(run_dir.path), "eval": [r.row() for r in done]}

@@ -506,8 +506,9 @@ class DistillTrainer:
             "kl": stat_sums["kl_sum"] / distill_tokens if distill_tokens else float("nan"),
             "teacher_entropy": (stat_sums["teacher_entropy_sum"] / distill_tokens
                                 if distill_tokens else float("nan")),
+            # a skipped non-finite step stopped summing part-way: no entropy to report
             "student_entropy": (stat_sums["student_entropy_sum"] / distill_tokens
-                                if distill_tokens else float("nan")),
+                                if distill_tokens and not nonfinite else float("nan")),
             "clipped_frac": per_token(stat_sums["clipped"]),
             "tokens": total_tokens,
             "sft_tokens": total_tokens - distill_tokens,

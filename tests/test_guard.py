@@ -13,7 +13,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from distill.checkpoint import ADAPTER_DIR, RunDir  # noqa: E402
-from distill.guard import CollapseGuard, GuardConfig, healthy_checkpoint, signals  # noqa: E402
+from distill.guard import (  # noqa: E402
+    CollapseGuard,
+    GuardConfig,
+    healthy_checkpoint,
+    policy_read,
+    signals,
+)
 
 # Mean tokens per rollout shaped like the GSM8K OPHSD run at lr 5e-5 (docs/notes/gsm8k.md
 # gives about 250 through step 8 and 9 at step 11; steps 9, 10 and 12 are filled in).
@@ -44,7 +50,8 @@ def test_signals_are_read_from_a_metrics_row():
 def test_the_gsm8k_collapse_alarms_and_a_noisy_healthy_run_does_not():
     collapse = CollapseGuard(GuardConfig())
     assert alarm_steps(collapse, rows(COLLAPSE)) == [10, 11, 12]
-    assert collapse.first_alarm_step == 10
+    # its window (steps 9 and 10) read the policies after 8 and 9 updates
+    assert collapse.first_alarm_step == 10 and collapse.first_alarm_policy == 8
     assert collapse.alarms() == ["rollout_len"]
     assert collapse.ratios()["rollout_len"] == pytest.approx((9 + 8) / 2 / 256)
     healthy = CollapseGuard(GuardConfig())
@@ -86,10 +93,22 @@ def test_a_resumed_guard_replays_the_metrics_to_the_same_state():
 
 def test_the_healthy_checkpoint_predates_every_policy_an_alarm_read():
     ckpts = [{"step": s, "path": f"checkpoints/step_{s:06d}"} for s in (4, 8, 12)]
-    # the alarm at step 10 (window 2) read the policies after 8 and 9 updates
-    assert healthy_checkpoint(ckpts, first_alarm_step=10, window=2)["step"] == 8
-    assert healthy_checkpoint(ckpts, first_alarm_step=9, window=2)["step"] == 4
-    assert healthy_checkpoint(ckpts, first_alarm_step=5, window=2) is None
+    assert healthy_checkpoint(ckpts, first_alarm_policy=8)["step"] == 4  # 8 was read
+    assert healthy_checkpoint(ckpts, first_alarm_policy=9)["step"] == 8
+    assert healthy_checkpoint(ckpts, first_alarm_policy=4) is None
+
+
+def test_each_signal_knows_which_policy_it_read():
+    # --sync-every 4: steps 9 and 10 both sampled the policy synced after step 8
+    assert policy_read("rollout_len", {"policy_step": 8}, step=10) == 8
+    assert policy_read("rollout_len", {}, step=10) == 9  # sync every step
+    assert policy_read("student_entropy", {"policy_step": 8}, step=10) == 9  # the trainer's
+    assert policy_read("eval_len", {"policy_step": 8}, step=12) == 12  # after the step's sync
+    # curve points every 4 steps alarm at 16: the window read policies 12 and 16
+    guard = CollapseGuard(GuardConfig())
+    for step, tokens in ((4, 250), (8, 240), (12, 60), (16, 20)):
+        guard.observe({"step": step, "eval_answer_tokens": tokens})
+    assert guard.first_alarm_step == 16 and guard.first_alarm_policy == 12
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--guard-length", "1.5"),
@@ -104,10 +123,12 @@ def test_guard_flags_out_of_range_are_refused(flag, value, capsys):
 
 
 def test_guard_stop_ends_a_real_loop_at_the_last_healthy_checkpoint(tmp_path, monkeypatch):
-    """distill.run.train on the tiny Llama with scripted rollout lengths: the guard fires at
-    step 6 (window 2), the run stops there, and the trainer holds step 4's adapter; a rerun
-    ends the same way without training again."""
+    """distill.run.train on the tiny Llama with scripted rollout lengths: step 5's rollouts
+    (from the policy after 4 updates) collapse, the guard fires at step 6 (window 2), and
+    the run ends with step 3's adapter. A rerun ends the same way without training; so does
+    a run killed after step 6's checkpoint and before its stop record."""
     import distill.run as run_mod
+    from distill.checkpoint import GUARD_STOP_FILE
     from distill.config import RunConfig
     from distill.pairs import StepInputs
     from tests.test_checkpoint import dataset
@@ -126,8 +147,8 @@ def test_guard_stop_ends_a_real_loop_at_the_last_healthy_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(run_mod, "collect", fake_collect)
     synced: list[int] = []
-    cfg = RunConfig(steps=10, batch_size=2, checkpoint_every=2, seed=7, lr=5e-2,
-                    lr_schedule="constant", guard_stop=True, transcripts=0)
+    cfg = RunConfig(steps=10, batch_size=2, checkpoint_every=1, seed=7, lr=5e-2,
+                    lr_schedule="constant", guard_stop=True, transcripts=0, eval_limit=0)
     fake_run = SimpleNamespace(cfg=cfg, task=SimpleNamespace(kind="classification", name="fake"),
                                teacher_scorer="trainer", tokenizer=CharTokenizer(),
                                sync=lambda trainer, step: synced.append(step))
@@ -136,22 +157,36 @@ def test_guard_stop_ends_a_real_loop_at_the_last_healthy_checkpoint(tmp_path, mo
     trainer = make_trainer(model)
     stopped = run_mod.train(fake_run, trainer, run_dir, dataset())
     assert stopped["first_alarm_step"] == 6 and stopped["stopped_at_step"] == 6
-    assert stopped["healthy_step"] == 4 and set(stopped["alarms"]) == {"rollout_len"}
-    assert [r["step"] for r in run_dir.metrics()] == [1, 2, 3, 4, 5, 6]
-    assert [r["guard_alarms"] for r in run_dir.metrics()] == [0, 0, 0, 0, 0, 1]
+    assert stopped["healthy_step"] == 3 and set(stopped["alarms"]) == {"rollout_len"}
+    rows = run_dir.metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["policy_step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert [r["guard_alarms"] for r in rows] == [0, 0, 0, 0, 0, 1]
     assert synced[-1] == 7  # the healthy adapter is served under a name never used before
 
     def weights(t) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in t.model.named_parameters() if "lora" in k}
 
-    at_four = make_trainer(model)
-    at_four.load_adapter(run_dir.path / "checkpoints" / "step_000004" / ADAPTER_DIR)
-    at_six = make_trainer(model)
-    at_six.load_adapter(run_dir.path / "checkpoints" / "step_000006" / ADAPTER_DIR)
-    now, four, six = weights(trainer), weights(at_four), weights(at_six)
-    assert all(torch.equal(now[k], four[k]) for k in now)
-    assert not all(torch.equal(six[k], four[k]) for k in six)  # steps 5-6 did train
-    again = make_trainer(model)  # a crash after the stop: the rerun ends the same way
+    def checkpoint(step: int) -> dict[str, torch.Tensor]:
+        t = make_trainer(model)
+        t.load_adapter(run_dir.path / "checkpoints" / f"step_{step:06d}" / ADAPTER_DIR)
+        return weights(t)
+
+    three, four = checkpoint(3), checkpoint(4)
+    assert all(torch.equal(weights(trainer)[k], three[k]) for k in three)
+    assert not all(torch.equal(four[k], three[k]) for k in four)  # step 4 did train
+    assert run_mod.completed(run_dir, cfg) is None  # stopped, but no final adapter yet
+    trainer.save_adapter(run_dir.path / "final_adapter")
+    assert run_mod.completed(run_dir, cfg) == []  # ended: nothing to train or evaluate
+
+    again = make_trainer(model)  # a crash after the stop record: the rerun ends the same way
     rerun = run_mod.train(fake_run, again, RunDir(tmp_path / "run", cfg.to_dict()), dataset())
-    assert rerun["healthy_step"] == 4 and again.step == 0
-    assert all(torch.equal(weights(again)[k], four[k]) for k in four)
+    assert rerun["healthy_step"] == 3 and again.step == 0
+    assert all(torch.equal(weights(again)[k], three[k]) for k in three)
+
+    (run_dir.path / GUARD_STOP_FILE).unlink()  # killed after step 6's checkpoint, before it
+    resumed = make_trainer(model)
+    record = run_mod.train(fake_run, resumed, RunDir(tmp_path / "run", cfg.to_dict()), dataset())
+    assert (record["stopped_at_step"], record["healthy_step"]) == (6, 3)
+    assert [r["step"] for r in run_dir.metrics()] == [1, 2, 3, 4, 5, 6]  # no step trained
+    assert all(torch.equal(weights(resumed)[k], three[k]) for k in three)
