@@ -190,8 +190,8 @@ RESUMABLE = frozenset({"steps", "sync", "seeds", "checkpoint_every", "eval_limit
 def guard_config(cfg: RunConfig) -> GuardConfig:
     """The run's collapse guard settings (distill/guard.py)."""
     return GuardConfig(length_factor=cfg.guard_length, parse_factor=cfg.guard_parse,
-                       entropy_factor=cfg.guard_entropy, baseline_steps=cfg.guard_window,
-                       window=cfg.guard_window, stop=cfg.guard_stop)
+                       entropy_factor=cfg.guard_entropy, window=cfg.guard_window,
+                       stop=cfg.guard_stop)
 
 
 def resolve_teacher_scorer(setting: str, teacher: str, answer_space: bool) -> str:

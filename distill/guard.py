@@ -12,8 +12,8 @@ at the start of the run:
 - `eval_len`, `eval_parse_rate`: the same two on the held-out curve points (`--eval-every`),
   which is how the methods that never sample (sft, gold_sft) are watched.
 
-A signal's start is the mean of its first `baseline_steps` values, its current value the mean
-of its last `window`; it alarms when current < factor x start. An alarm is shown in the
+A signal's start is the mean of its first `window` values, its current value the mean of
+its last `window`; it alarms when current < factor x start. An alarm is shown in the
 progress bar, logged once as a warning, and written to the metrics row (`guard_<signal>`: the
 ratio; `guard_alarms`: how many signals alarm). With `stop`, the loop ends the run at the
 last checkpoint older than every policy the first alarmed window read (`policy_read`,
@@ -39,8 +39,7 @@ class GuardConfig:
     length_factor: float = 0.5  # rollout_len and eval_len
     parse_factor: float = 0.5  # parse_rate and eval_parse_rate
     entropy_factor: float = 0.0  # student_entropy (off by default: see distill.config)
-    baseline_steps: int = 2
-    window: int = 2
+    window: int = 2  # values averaged for a signal's start and for its current value
     stop: bool = False
 
     def factor(self, signal: str) -> float:
@@ -94,20 +93,19 @@ class CollapseGuard:
     def ratios(self) -> dict[str, float]:
         """Each signal's current value over its start, once both are known."""
         out = {}
+        n = self.cfg.window
         for signal, entries in self.history.items():
-            n = self.cfg.baseline_steps
             if len(entries) < n + 1:
                 continue  # the start is still being measured
             start = sum(v for v, _ in entries[:n]) / n
-            recent = entries[-self.cfg.window:]
+            recent = entries[-n:]
             if start > 0:
                 out[signal] = sum(v for v, _ in recent) / len(recent) / start
         return out
 
     def observe(self, row: Mapping[str, object]) -> dict[str, float]:
         """Take one step's metrics row; returns the metrics to add to it (`guard_*`)."""
-        step = row.get("step")
-        step = int(step) if isinstance(step, int) else len(self.history) + 1  # type: ignore[arg-type]
+        step = int(row["step"])  # type: ignore[arg-type]  # every metrics row has its step
         for signal, value in signals(row).items():
             self.history.setdefault(signal, []).append((value, policy_read(signal, row, step)))
         ratios = self.ratios()
