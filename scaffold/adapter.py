@@ -11,9 +11,10 @@ label. So a signature renders as:
                1. <item>
     assistant: <first output prefix>           (the prefill, e.g. "Label:")
 
-Field prefixes come from `dspy.InputField(prefix=...)` / `dspy.OutputField(prefix=...)`
-(DSPy marks `prefix=` deprecated but still stores it) or default to the field
-name title-cased with a colon ("card_label" -> "Card Label:"). Few-shot demos
+A field's label is its name title-cased with a colon ("card_label" -> "Card
+Label:"): name fields for the label the model should read. A `prefix=` declared
+on the field still wins (DSPy 3.4 warns that it is deprecated but stores it;
+DSPy's own adapters ignore it), for harnesses written against older DSPy. Few-shot demos
 become earlier user/assistant turns; the instructions open the first user turn
 (or a system message with `instructions_in_system=True`). Inputs that are None
 are left out.
@@ -23,9 +24,9 @@ prefill. One output field: the stripped completion (a repeated label is
 dropped). Several: the leading text is the first field; later fields are found
 on lines "<label> value" (case-insensitive, markdown `**`/`#`/bullets allowed,
 colon optional). A field is cut at its first line break when it is
-*single-line*: its `desc` says "single line"/"single_line"/"one line", its
-json_schema_extra has `single_line` true, or its type is not `str` (int,
-float, bool, Literal, Enum). A missing or empty field gives "" and counts as a
+*single-line*: its `desc` says "single line"/"single_line"/"one line", or its
+type is not `str` (int, float, bool, Literal, Enum). (Not through
+`json_schema_extra`: DSPy's InputField/OutputField replace a given one.) A missing or empty field gives "" and counts as a
 parse failure (`adapter.parse_failures`, and in the active trace:
 `LMCall.parse_ok=False` plus a "parse_failure" fallback note).
 
@@ -91,8 +92,6 @@ def _header_regex(name: str, field: Any, *, strict: bool = False) -> re.Pattern[
 
 def is_single_line(field: Any) -> bool:
     extra = getattr(field, "json_schema_extra", None) or {}
-    if extra.get("single_line"):
-        return True
     if _SINGLE_LINE_DESC.search(str(extra.get("desc") or "")):
         return True
     annotation = getattr(field, "annotation", str)

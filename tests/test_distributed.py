@@ -1,7 +1,7 @@
 """Two processes on gloo (what torchrun starts) take the step one process takes on the
 whole batch: loss and KL to 1e-5, clipped gradients to 1e-4 relative, adapters after the
 optimizer step to 1e-4 relative (float summation order differs), and the two ranks'
-adapters identical bit for bit."""
+adapters identical bit for bit; started by mp.spawn, by torchrun and by accelerate launch."""
 
 from __future__ import annotations
 
@@ -32,10 +32,17 @@ def grads(trainer) -> dict[str, torch.Tensor]:
 def one_rank(rank: int, model_dir: str, port: int, out: str) -> None:
     import os
 
-    import torch.distributed as dist
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
+    step_on_this_ranks_share(model_dir, out)
+
+
+def step_on_this_ranks_share(model_dir: str, out: str) -> None:
+    """Join the group the environment describes (mp.spawn above, or a launcher: see
+    tests/launched_rank.py), train one step on this rank's share of make_pairs(), save
+    the step's stats, gradients and adapter as rank{RANK}.pt."""
+    import torch.distributed as dist
+
     from distill.distributed import init_from_env
 
     w = init_from_env()
@@ -45,7 +52,7 @@ def one_rank(rank: int, model_dir: str, port: int, out: str) -> None:
         mine = [pairs[i] for i in shard(range(len(pairs)), w)]
         stats = trainer.train_step(mine)
         torch.save({"stats": stats, "grads": grads(trainer), "adapter": trainer.adapter_state()},
-                   Path(out) / f"rank{rank}.pt")
+                   Path(out) / f"rank{w.rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -56,12 +63,10 @@ def test_shard_takes_every_size_th_example():
     assert shard(range(3), World(0, 1)) == [0, 1, 2]
 
 
-def test_two_gloo_ranks_take_the_one_process_step(tiny_model_dir, tmp_path):  # noqa: F811
-    mp.spawn(one_rank, args=(tiny_model_dir, free_port(), str(tmp_path)), nprocs=WORLD,
-             join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def assert_step_matches_one_process(out: Path, model_dir: str) -> None:
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
-    single = make_trainer(tiny_model_dir, micro_batch_size=1, max_grad_norm=0.05)
+    single = make_trainer(model_dir, micro_batch_size=1, max_grad_norm=0.05)
     stats = single.train_step(make_pairs())
     expected_grads, expected_adapter = grads(single), single.adapter_state()
 
@@ -77,6 +82,43 @@ def test_two_gloo_ranks_take_the_one_process_step(tiny_model_dir, tmp_path):  # 
             torch.testing.assert_close(got["adapter"][name], value, rtol=1e-4, atol=1e-6)
     for name in expected_adapter:  # and the ranks hold one adapter, bit for bit
         assert torch.equal(ranks[0]["adapter"][name], ranks[1]["adapter"][name])
+
+
+def test_two_gloo_ranks_take_the_one_process_step(tiny_model_dir, tmp_path):  # noqa: F811
+    mp.spawn(one_rank, args=(tiny_model_dir, free_port(), str(tmp_path)), nprocs=WORLD,
+             join=True)
+    assert_step_matches_one_process(tmp_path, tiny_model_dir)
+
+
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+                 "--master_addr", "127.0.0.1", "--master_port"],
+    # --multi_gpu is accelerate's name for "one process per device through torchrun"; with
+    # no GPU the ranks see none, and init_from_env picks gloo
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(WORLD), "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+                   "--main_process_port"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launched_ranks_take_the_one_process_step(launcher, tiny_model_dir, tmp_path):  # noqa: F811
+    """What users type (torchrun / accelerate launch, each starting `-m` a module) starts
+    ranks that join one gloo group and take the 1-process step: the launchers' environment
+    (RANK, WORLD_SIZE, MASTER_ADDR/PORT) is all init_from_env needs."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, *LAUNCHERS[launcher], str(free_port()),
+           "-m", "tests.launched_rank", tiny_model_dir, str(tmp_path)]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_step_matches_one_process(tmp_path, tiny_model_dir)
 
 
 # ---------------------------------------------------------------------------- distill.run's loop

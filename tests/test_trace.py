@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import re
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import dspy
@@ -27,23 +26,21 @@ from scaffold.trace import (
 )
 from tests.fake_openai import FakeOpenAIServer, chat_completion
 
-warnings.filterwarnings("ignore", message=".*'prefix' argument.*", category=DeprecationWarning)
-
 
 class Draft(dspy.Signature):
     """Give the intent label."""
 
-    query: str = dspy.InputField(prefix="Query:")
-    label: str = dspy.OutputField(prefix="Label:", desc="single line")
+    query: str = dspy.InputField()
+    label: str = dspy.OutputField(desc="single line")
 
 
 class Verify(dspy.Signature):
     """Confirm or fix the draft label."""
 
-    query: str = dspy.InputField(prefix="Query:")
-    draft: str = dspy.InputField(prefix="Draft:")
-    precedents: list[str] = dspy.InputField(prefix="Precedents:")
-    label: str = dspy.OutputField(prefix="Label:", desc="single line")
+    query: str = dspy.InputField()
+    draft: str = dspy.InputField()
+    precedents: list[str] = dspy.InputField()
+    label: str = dspy.OutputField(desc="single line")
 
 
 class Retrieve(dspy.Module):
