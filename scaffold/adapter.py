@@ -13,9 +13,9 @@ label. So a signature renders as:
 
 A field's label is its name title-cased with a colon ("card_label" -> "Card
 Label:"): name fields for the label the model should read. A `prefix=` declared
-on the field still wins (DSPy 3.4 warns that it is deprecated but stores it;
-DSPy's own adapters ignore it), for harnesses written against older DSPy. Few-shot demos
-become earlier user/assistant turns; the instructions open the first user turn
+on the field still wins, for harnesses written against older DSPy (DSPy 3.4
+warns that it is deprecated, stores it, and its own adapters ignore it). Few-shot
+demos become earlier user/assistant turns; the instructions open the first user turn
 (or a system message with `instructions_in_system=True`). Inputs that are None
 are left out.
 
@@ -25,9 +25,9 @@ dropped). Several: the leading text is the first field; later fields are found
 on lines "<label> value" (case-insensitive, markdown `**`/`#`/bullets allowed,
 colon optional). A field is cut at its first line break when it is
 *single-line*: its `desc` says "single line"/"single_line"/"one line", or its
-type is not `str` (int, float, bool, Literal, Enum). (Not through
-`json_schema_extra`: DSPy's InputField/OutputField replace a given one.) A missing or empty field gives "" and counts as a
-parse failure (`adapter.parse_failures`, and in the active trace:
+type is not `str` (int, float, bool, Literal, Enum); not through
+`json_schema_extra`, which DSPy's InputField/OutputField replace. A missing or
+empty field gives "" and counts as a parse failure (`adapter.parse_failures`, and in the active trace:
 `LMCall.parse_ok=False` plus a "parse_failure" fallback note).
 
 Escape hatches on a signature class (harness authors who need exact control):

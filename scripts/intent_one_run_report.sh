@@ -4,7 +4,7 @@
 # sections of docs/results.md and their docs/results/*.json. Every run resumes where it stopped:
 #   bash scripts/intent_one_run_report.sh
 # 1. the recipe on BANKING77: 100 gold SFT steps, then 24 OPHSD steps, one cosine schedule;
-# 2. its labels-only peer at the same training minutes: gold SFT for 150 steps, same lr,
+# 2. its labels-only peer at about the same training minutes: gold SFT for 150 steps, same lr,
 #    LoRA and schedule shape (a gold step costs about half an OPHSD step);
 # 3. the recipe on HWU64 (scripts/fetch_hwu64.sh: user data the recipe was never tuned on);
 # 4. evals.compare on 300 held-out items each: base, base + draft_verify, the recipe at the
