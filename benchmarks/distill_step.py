@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/distill_step.py --shapes long       # 4 x 256 response tokens
     .venv/bin/python benchmarks/distill_step.py --side ours-server --steps 5
     .venv/bin/python benchmarks/distill_step.py --print-only        # re-print saved JSON
+    .venv/bin/python benchmarks/distill_step.py --side ours-trainer --profile   # top ops
     # the peer (TRL, the bench extra) comes with scripts/setup_env.sh
 
 Shapes (``--shapes``):
@@ -45,6 +46,11 @@ Common: SmolLM2-135M-Instruct, base weights in the dtype the CPU runs natively
 dropout 0 on every decoder linear layer (fp32 adapter weights), AdamW, grad-norm clip 1.0,
 no gradient checkpointing. Memory: after the trainer is built the peak-RSS mark is reset
 (``/proc/self/clear_refs`` 5); "peak dRSS" is VmHWM at the end minus the RSS then.
+
+``--attention`` and ``--lora-compute`` set the trainer's (`distill.trainer.TrainerConfig`);
+``--attention sdpa --lora-compute float32`` is the step as it was before the grouped
+attention and the bf16 LoRA compute. ``--profile`` runs one more step of each of our sides
+under ``torch.profiler`` and prints its most expensive operators (not in the timings).
 
 Results go to ``--out`` (JSON, every timed step) next to the printed table, with the load
 average before and after and the CPU. Step times on a shared machine are noisy: the table
@@ -237,7 +243,8 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
         lr=1e-4, max_grad_norm=1.0, micro_batch_size=micro_batch,
         teacher="live" if scorer == "server" else "frozen",
         loss=LossConfig(kind="forward_kl" if label else "reverse_kl"), seed=0,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
+        lora_compute=args.lora_compute,
     )
     trainer = DistillTrainer(cfg, tokenizer=tokenizer)
     rss_loaded = _rss_mb()
@@ -260,15 +267,19 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
                     "step_s": wall, "teacher_s": stats["time_teacher_s"] + scoring,
                     "student_s": stats["time_student_s"], "optim_s": stats["time_optim_s"],
                 })
+        peak = _peak_mb(reset_ok)
+        top_ops = _profile_step(trainer, inputs, server is not None, ctx if server else None) \
+            if args.profile else []
     finally:
         if server is not None:
             server.stop()
-    peak = _peak_mb(reset_ok)
     tokens = sum(len(p.response_ids) for p in pairs)
     teacher = "vLLM server scores the answer-space support (timed in the step)" \
         if server is not None else "teacher fwd (frozen, in the trainer)"
     return {
         "side": f"ours-{scorer}", "micro_batch": micro_batch, "dtype": str(trainer.dtype),
+        "attention": trainer.base.config._attn_implementation,
+        "lora_compute": args.lora_compute, "top_ops": top_ops,
         "threads": torch.get_num_threads(),
         "student_prompt_tokens": [p.student_prompt_len for p in pairs],
         "teacher_prompt_tokens": [p.teacher_prompt_len for p in pairs],
@@ -280,6 +291,22 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
         "contains": f"{teacher} + student fwd/bwd + chunked loss + clip + AdamW; rollouts "
                     "precomputed (vLLM in Scaffold), not in the step",
     }
+
+
+def _profile_step(trainer, inputs, given: bool, ctx) -> list[dict]:
+    """One more step under torch.profiler: the operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from distill.loop import score_teacher_on_server
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        if given:
+            score_teacher_on_server(ctx, inputs)
+        trainer.train_step(inputs.pairs, supports=inputs.supports,
+                           teacher_logprobs=inputs.teacher_logprobs if given else None)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
+            for e in events[:15]]
 
 
 # ---------------------------------------------------------------------------- peer (TRL SDFT)
@@ -435,6 +462,9 @@ def _spawn(args: argparse.Namespace, worker: str) -> dict:
            "--batch", str(args.batch), "--response-tokens", str(args.response_tokens)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
+    if args.profile:
+        cmd.append("--profile")
+    cmd += ["--attention", args.attention, "--lora-compute", args.lora_compute]
     if args.trl_micro_batch:
         cmd += ["--trl-micro-batch", str(args.trl_micro_batch)]
     t0 = time.perf_counter()
@@ -521,6 +551,17 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
     console.print("ours: train_step on fixed response ids (rollouts from vLLM, outside the step). "
                   "TRL: Trainer step incl. HF generate. Last row = ours / peer "
                   "(times and memory: < 1 is better for ours; tok/s: > 1).")
+    for r in ran:
+        if r.get("attention"):
+            console.print(f"{r['side']}: attention {r['attention']}, LoRA compute "
+                          f"{r['lora_compute']}, {r['dtype']}")
+        if r.get("top_ops"):
+            ops = Table(title=f"{r['side']}: one profiled step, top operators by self CPU time")
+            for col in ("operator", "self ms", "calls"):
+                ops.add_column(col, justify="left" if col == "operator" else "right")
+            for op in r["top_ops"]:
+                ops.add_row(op["op"], f"{op['self_ms']:.0f}", str(op["calls"]))
+            console.print(ops)
     for r in results:
         if "skipped" in r:
             console.print(f"[yellow]{r['side']} skipped:[/] {r['skipped']}")
@@ -551,6 +592,12 @@ def main() -> None:
                    default="all", help="ours: both of our teacher scorers")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="checkpoint the decoder layers on both sides (TRL's default; ours: off)")
+    p.add_argument("--attention", default="auto",
+                   help="our trainer's attention (TrainerConfig.attention): auto, sdpa, eager")
+    p.add_argument("--lora-compute", choices=("auto", "float32"), default="auto",
+                   help="our trainer's LoRA compute dtype (TrainerConfig.lora_compute)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one extra step of each of our sides; print its top operators")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distill_step.json"))
     p.add_argument("--print-only", action="store_true",
                    help="print the table of an existing --out JSON without running anything")

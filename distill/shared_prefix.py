@@ -3,13 +3,17 @@
 A task's bare prompt usually starts with the same long instruction (BANKING77: the
 77 label names, ~600 of ~670 tokens), so a plain batched forward spends most of its
 time recomputing identical keys and values. Here the shared prefix runs once; its
-per-layer keys/values become leaf tensors that every micro-batch attends to through an
-expanded (not copied) cache; each micro-batch's backward accumulates gradients into
-those leaves; `backward()` then sends the accumulated gradients through the prefix's own
-graph once. The result equals the per-row forward and backward up to float rounding
-(tests/test_shared_prefix.py checks hidden states and LoRA gradients).
+per-layer keys/values become leaf tensors that every micro-batch attends to in place
+(`distill.attention`: one copy, every row's queries in one matmul); each micro-batch's
+backward accumulates gradients into those leaves; `backward()` then sends the accumulated
+gradients through the prefix's own graph once. The result equals the per-row forward and
+backward up to float rounding (tests/test_shared_prefix.py checks hidden states and LoRA
+gradients).
 
-Not used with gradient checkpointing (HF turns the cache off in that mode).
+With any other attention implementation (sdpa on a GPU, say) the rows attend to the prefix
+through an expanded HF cache instead: same result, but the backward sums a per-row copy of
+the prefix's keys and values. Not used with gradient checkpointing (HF turns the cache off
+in that mode).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from transformers import DynamicCache
+
+from distill.attention import ATTENTION
 
 
 class PrefixKV:
@@ -36,8 +42,13 @@ class PrefixKV:
                                  values.detach().requires_grad_(grad)))
         self.grad = grad
 
+    @property
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer the ``[1, Hkv, P, D]`` keys and values (the gradient-collecting leaves)."""
+        return self._leaves
+
     def cache(self, batch_size: int) -> DynamicCache:
-        """A fresh cache for `batch_size` rows that views (expands) the prefix tensors."""
+        """A fresh HF cache for `batch_size` rows that views (expands) the prefix tensors."""
         cache = DynamicCache()
         for i, (k, v) in enumerate(self._leaves):
             cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), i)
@@ -63,9 +74,15 @@ class PrefixKV:
 
 def suffix_hidden(decoder: torch.nn.Module, prefix: PrefixKV, ids: Tensor, attention: Tensor,
                   positions: Tensor) -> Tensor:
-    """Last hidden states ``[B, S, H]`` of the suffix rows after the shared prefix."""
-    out = decoder(input_ids=ids, attention_mask=attention, position_ids=positions,
-                  past_key_values=prefix.cache(ids.shape[0]), use_cache=True)
+    """Last hidden states ``[B, S, H]`` of the suffix rows after the shared prefix.
+    `attention` is ``[B, S]`` over the suffix columns (the prefix is always attended)."""
+    if getattr(decoder.config, "_attn_implementation", None) == ATTENTION:
+        out = decoder(input_ids=ids, attention_mask=attention, position_ids=positions,
+                      shared_prefix=prefix.layers, use_cache=False)
+    else:
+        full = torch.cat([attention.new_ones(attention.shape[0], prefix.length), attention], 1)
+        out = decoder(input_ids=ids, attention_mask=full, position_ids=positions,
+                      past_key_values=prefix.cache(ids.shape[0]), use_cache=True)
     return out.last_hidden_state
 
 

@@ -179,21 +179,19 @@ def pad_suffixes(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Right-pad what follows a shared prefix of `prefix_len` tokens.
 
-    Returns ``(ids, attention_mask, response_mask, position_ids)`` for the suffixes: ``ids``
-    and ``response_mask`` are ``[B, S]`` (suffix columns only), ``attention_mask`` is
-    ``[B, prefix_len + S]`` (the prefix is attended by every row), positions continue from
-    ``prefix_len``. Right padding is safe here: attention is causal, so padding after a
+    Returns ``(ids, attention_mask, response_mask, position_ids)`` for the suffixes, each
+    ``[B, S]`` (suffix columns only: the prefix is attended by every row, unmasked);
+    positions continue from ``prefix_len``. Right padding is safe here: attention is causal, so padding after a
     row's last token changes nothing before it.
     """
     width = max(len(r) for r in rows) - prefix_len
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), prefix_len + width), dtype=torch.long)
-    attention[:, :prefix_len] = 1
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for b, (row, prompt_len) in enumerate(zip(rows, prompt_lens, strict=True)):
         suffix = row[prefix_len:]
         ids[b, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
-        attention[b, prefix_len : prefix_len + len(suffix)] = 1
+        attention[b, : len(suffix)] = 1
         response_mask[b, prompt_len - 1 - prefix_len : len(suffix) - 1] = True
     position_ids = (prefix_len + torch.arange(width)).unsqueeze(0).expand(len(rows), -1)
     return ids, attention, response_mask, position_ids

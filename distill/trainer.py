@@ -34,6 +34,7 @@ import numpy as np
 import psutil
 import torch
 
+from distill.attention import ATTENTION
 from distill.distributed import any_rank, sum_gradients, sum_over_ranks, world
 from distill.losses import NO_MASS, LossConfig, chunked_distill_loss, chunked_nll
 from distill.shared_prefix import PrefixKV, suffix_hidden
@@ -93,6 +94,13 @@ class TrainerConfig:
     # off under gradient checkpointing. Shorter shared prefixes are not worth the detour.
     share_prefix: bool = True
     min_shared_prefix: int = 64
+    # "auto": distill.attention's grouped kernel on CPU (the real BANKING77 step: 8.0 s with
+    # sdpa, 6.7 s with eager, see its docstring), the model's own (sdpa) on CUDA, where that
+    # kernel is unmeasured; or any name transformers' AttentionInterface knows.
+    attention: str = "auto"
+    # "auto": LoRA branches compute in the base's dtype when that is bf16 (see `compute`);
+    # "float32": peft's default, every LoRA input cast to fp32 and every output back.
+    lora_compute: str = "auto"
     device: str = "auto"  # "auto": cuda if available, else cpu
 
 
@@ -187,8 +195,19 @@ class DistillTrainer:
             self.model = get_peft_model(model, self.lora_config)  # LoRA weights upcast to fp32
         self.model.config.use_cache = False
         self.base = self.model.get_base_model()
+        attention = ATTENTION if cfg.attention == "auto" and self.device.type == "cpu" \
+            else cfg.attention
+        if attention != "auto":
+            self.base.set_attn_implementation(attention)
         self.decoder = self.base.get_decoder()
         self.lm_head = self.base.get_output_embeddings()
+        # A bf16 base computes its LoRA branches in bf16 too (autocast casts the fp32 LoRA
+        # weights once per forward; their gradients come back fp32), instead of peft's
+        # default of casting every LoRA input to fp32 and every output back: on the real
+        # BANKING77 step those casts were ~14,000 copies a step.
+        if cfg.lora_compute not in ("auto", "float32"):
+            raise ValueError(f"lora_compute must be auto or float32, got {cfg.lora_compute!r}")
+        self._bf16_lora = self.dtype == torch.bfloat16 and cfg.lora_compute == "auto"
         self.pad_id = _pad_id(tokenizer, self.base.config)
 
         self._live_params = {
@@ -253,6 +272,18 @@ class DistillTrainer:
         else:
             raise ValueError(f"unknown teacher kind {kind!r}")
 
+    @contextlib.contextmanager
+    def compute(self) -> Iterator[None]:
+        """Context for every forward of the model: bf16 LoRA compute on a bf16 base."""
+        if not self._bf16_lora:
+            yield
+            return
+        from peft.helpers import disable_input_dtype_casting
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16), \
+                disable_input_dtype_casting(self.model):
+            yield
+
     def last_hidden(
         self,
         input_ids: torch.Tensor,
@@ -261,12 +292,13 @@ class DistillTrainer:
     ) -> torch.Tensor:
         """Last-layer hidden states [B, T, H] (after the final norm) of the base transformer
         under whatever adapter state is active; no logits are computed."""
-        out = self.decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        )
+        with self.compute():
+            out = self.decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
         return out.last_hidden_state
 
     @torch.no_grad()
@@ -395,6 +427,11 @@ class DistillTrainer:
         t0 = time.perf_counter()
         student_prefix = self._prefix(pairs, "student", grad=True) if pairs else None
         t_student = time.perf_counter() - t0
+        # the loss computes logits in fp32: cast the head once a step, not once per chunk and
+        # again in each checkpointed recompute (8 casts of 49152 x 576 a BANKING77 step)
+        head = self.lm_head.weight.float()
+        bias = getattr(self.lm_head, "bias", None)
+        bias = None if bias is None else bias.float()
         for k, idx in enumerate(micro):
             chunk = [pairs[i] for i in idx]
             batch = batches[k]
@@ -417,10 +454,9 @@ class DistillTrainer:
             if self.cfg.skip_first_tokens and needs(idx[0]) != 0:
                 token_weights = skip_first(token_weights, chunk_lengths,
                                            self.cfg.skip_first_tokens, device)
-            bias = getattr(self.lm_head, "bias", None)
             token_logprobs = support = given = None
             if needs(idx[0]) == 0:
-                loss, stats = chunked_nll(student_h, self.lm_head.weight, sampled_ids,
+                loss, stats = chunked_nll(student_h, head, sampled_ids,
                                           lm_head_bias=bias, weights=token_weights,
                                           chunk_size=self.cfg.loss.chunk_size)
             else:
@@ -433,7 +469,7 @@ class DistillTrainer:
                 support = None if chunk_supports is None else support_mask(
                     chunk_supports, chunk_lengths, vocab, device)
                 loss, stats = chunked_distill_loss(
-                    student_h, teacher_h, self.lm_head.weight, self.cfg.loss,
+                    student_h, teacher_h, head, self.cfg.loss,
                     lm_head_bias=bias, sampled_ids=sampled_ids,
                     sampling_logprobs=token_logprobs, weights=token_weights,
                     support=support, teacher_logits=given)
@@ -442,7 +478,7 @@ class DistillTrainer:
                 if i in inspect:
                     rows = slice(offset, offset + n)
                     self.last_token_reports[i] = self._report(
-                        student_h[rows], sampled_ids[rows],
+                        head, bias, student_h[rows], sampled_ids[rows],
                         None if given is None else given[rows],
                         None if teacher_h is None else teacher_h[rows],
                         None if support is None else support[rows],
@@ -529,14 +565,13 @@ class DistillTrainer:
         }
 
     @torch.no_grad()
-    def _report(self, student_h: torch.Tensor, ids: torch.Tensor,
-                teacher_logits: torch.Tensor | None, teacher_h: torch.Tensor | None,
-                support: torch.Tensor | None, logprobs: torch.Tensor | None) -> TokenReport:
-        """One pair's token report: the teacher scored elsewhere (`teacher_logits`), by the
-        trainer (`teacher_h`, hidden states), or neither (a supervised pair)."""
-        weight = self.lm_head.weight.float()
-        bias = getattr(self.lm_head, "bias", None)
-        bias = None if bias is None else bias.float()
+    def _report(self, weight: torch.Tensor, bias: torch.Tensor | None, student_h: torch.Tensor,
+                ids: torch.Tensor, teacher_logits: torch.Tensor | None,
+                teacher_h: torch.Tensor | None, support: torch.Tensor | None,
+                logprobs: torch.Tensor | None) -> TokenReport:
+        """One pair's token report (`weight`, `bias`: the fp32 head): the teacher scored
+        elsewhere (`teacher_logits`), by the trainer (`teacher_h`, hidden states), or neither
+        (a supervised pair)."""
         logits = torch.nn.functional.linear(student_h.detach().float(), weight, bias)
         if teacher_h is not None:
             teacher_logits = torch.nn.functional.linear(teacher_h.float(), weight, bias)
@@ -556,9 +591,10 @@ class DistillTrainer:
             return None
         if grad:
             self.model.train()
-            return PrefixKV(self.decoder, rows[0][:n], grad=True)
+            with self.compute():
+                return PrefixKV(self.decoder, rows[0][:n], grad=True)
         self.model.eval()
-        with torch.no_grad(), self.teacher_weights():
+        with torch.no_grad(), self.teacher_weights(), self.compute():
             return PrefixKV(self.decoder, rows[0][:n], grad=False)
 
     def _response_hidden(self, chunk: list[SplicedPair], batch, side: str,
@@ -573,8 +609,9 @@ class DistillTrainer:
         ids, attention, mask, positions = pad_suffixes(
             [getattr(p, f"{side}_ids") for p in chunk],
             [getattr(p, f"{side}_prompt_len") for p in chunk], prefix.length, self.pad_id)
-        hidden = suffix_hidden(self.decoder, prefix, ids.to(device), attention.to(device),
-                               positions.to(device))
+        with self.compute():
+            hidden = suffix_hidden(self.decoder, prefix, ids.to(device), attention.to(device),
+                                   positions.to(device))
         return gather_response_positions(hidden, mask.to(device))
 
     @torch.no_grad()

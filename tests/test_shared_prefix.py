@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from distill.splicing import pad_suffixes, shared_prefix_len, splice
@@ -34,20 +35,24 @@ def test_pad_suffixes_layout_by_hand():
     rows, prompt_lens = [[1, 2, 3, 4, 7, 8], [1, 2, 3, 5, 6, 9]], [4, 5]
     ids, attention, mask, positions = pad_suffixes(rows, prompt_lens, 3, pad_id=0)
     assert ids.tolist() == [[4, 7, 8], [5, 6, 9]]
-    assert attention.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    assert attention.tolist() == [[1, 1, 1], [1, 1, 1]]
     # row 0: logits at suffix 0 (token 4) predict 7, at suffix 1 predict 8
     assert mask.tolist() == [[True, True, False], [False, True, False]]
     assert positions.tolist() == [[3, 4, 5], [3, 4, 5]]
     ids, attention, mask, _ = pad_suffixes([[1, 2, 3, 4, 7, 8], [1, 2, 3, 5, 9]], [4, 4], 3, 0)
     assert ids.tolist() == [[4, 7, 8], [5, 9, 0]]
-    assert attention.tolist()[1] == [1, 1, 1, 1, 1, 0]
+    assert attention.tolist()[1] == [1, 1, 0]
     assert mask.tolist() == [[True, True, False], [True, False, False]]
 
 
-def test_shared_prefix_step_matches_plain_step(tiny_model_dir):  # noqa: F811
-    plain = make_trainer(tiny_model_dir, teacher="live", micro_batch_size=2, share_prefix=False)
+@pytest.mark.parametrize("attention", ["auto", "sdpa"])
+def test_shared_prefix_step_matches_plain_step(tiny_model_dir, attention):  # noqa: F811
+    # the reference: HF's own sdpa attention, every row computed whole; "auto" attends to the
+    # prefix in place (distill.attention), "sdpa" through an expanded HF cache
+    plain = make_trainer(tiny_model_dir, teacher="live", micro_batch_size=2, share_prefix=False,
+                         attention="sdpa")
     shared = make_trainer(tiny_model_dir, teacher="live", micro_batch_size=2,
-                          min_shared_prefix=16)
+                          min_shared_prefix=16, attention=attention)
     for _ in range(3):  # live teacher: after step 1 the adapter changes both passes
         a = plain.train_step(prefixed_pairs())
         b = shared.train_step(prefixed_pairs())
