@@ -662,15 +662,20 @@ class DistillTrainer:
         return state
 
     def save_merged(self, directory: str | Path) -> Path:
-        """Write the merged weights as `model.safetensors` in `directory` (atomically, via a
-        temporary file): the folder vLLM's in-place reload reads."""
+        """Write the merged weights as `model.safetensors` in `directory` (complete or
+        absent, never half-written): the folder vLLM's in-place reload reads."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "model.safetensors.tmp"
+        tmp, final = directory / "model.safetensors.tmp", directory / "model.safetensors"
         save_file(self.merged_state_dict(), str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / "model.safetensors")
+        # A rename over an existing file makes ext4 (auto_da_alloc) write the new file back
+        # to disk before returning: 0.6-0.7 s of a SmolLM2 sync, against 0.22 s without.
+        # Unlinking first skips that; the run re-syncs from its checkpoint on resume, so a
+        # crash between the two leaves nothing it would read.
+        final.unlink(missing_ok=True)
+        tmp.rename(final)
         return directory
 
     def load_adapter(self, directory: str | Path) -> None:

