@@ -76,6 +76,7 @@ from harnesses import build_harness, needs_index
 from scaffold.cli import run_cli
 from scaffold.client import PolicyClient
 from scaffold.errors import ScaffoldError
+from scaffold.hardware import keep_freed_memory
 from scaffold.registry import resolve
 from scaffold.server import ExternalServer, install_sigterm_handler, policy_endpoint
 from scaffold.trace import write_jsonl
@@ -392,6 +393,7 @@ def training_data(cfg: RunConfig, task: Task) -> tuple[list[Example], list[Item]
 
 def main(cfg: RunConfig) -> dict:
     install_sigterm_handler()
+    keep_freed_memory()  # before the trainer allocates (scaffold/hardware.py says why)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 

@@ -117,10 +117,11 @@ def test_length_bucketing_leaves_the_loss_unchanged(tiny_model_dir):  # noqa: F8
         for name, grad in g_first.items():
             torch.testing.assert_close(g[name], grad, rtol=1e-4, atol=1e-7)
     # student lengths in input order are 7, 4, 8, 6: micro-batches of 2 in that order pad
-    # to [7, 7] + [8, 8] (30 cells for 25 tokens); sorted, to [8, 8] + [6, 6] (28 cells)
+    # to [7, 7] + [8, 8] (30 cells for 25 tokens); sorted, with at most 2 x the median
+    # length (6) of cells each, to [8] + [7] + [6, 6] (27 cells)
     lengths = [len(p.student_ids) for p in pairs]
     assert lengths == [7, 4, 8, 6]
     unsorted = 1 - 25 / (2 * 7 + 2 * 8)
-    assert first["padding_frac"] == pytest.approx(1 - 25 / (2 * 8 + 2 * 6))
+    assert first["padding_frac"] == pytest.approx(1 - 25 / (8 + 7 + 2 * 6))
     assert first["padding_frac"] < unsorted
     assert results[1][0]["padding_frac"] == pytest.approx(first["padding_frac"])

@@ -163,7 +163,8 @@ def test_grad_accumulation_equals_one_big_micro_batch(tiny_model_dir):
     weights = [1.0, 0.5, 2.0, 1.0]
     results = {}
     for mbs in (1, 4):
-        trainer = make_trainer(tiny_model_dir, micro_batch_size=mbs, teacher="frozen")
+        trainer = make_trainer(tiny_model_dir, micro_batch_size=mbs, teacher="frozen",
+                               bucket_by_length=False)
         trainer.train_step(make_pairs(), weights=weights)  # make LoRA B non-zero first
         metrics = trainer.train_step(make_pairs(), weights=weights)
         named = dict(trainer.model.named_parameters())
@@ -177,6 +178,38 @@ def test_grad_accumulation_equals_one_big_micro_batch(tiny_model_dir):
     for name in g1:
         torch.testing.assert_close(g1[name], g4[name], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(w1[name], w4[name], rtol=1e-4, atol=1e-6)
+
+
+def test_plan_micro_batches_by_hand():
+    from distill.trainer import plan_micro_batches
+
+    # widest first; median width 4, so at most 2 x 4 = 8 padded positions a micro-batch
+    order, widths = [0, 1, 2, 3, 4], [9, 4, 4, 3, 3]
+    assert plan_micro_batches(order, [0] * 5, widths, 2) == [[0], [1, 2], [3, 4]]
+    assert plan_micro_batches(order, [0] * 5, widths, 2, bucket=False) == [[0, 1], [2, 3], [4]]
+    # never two groups in one micro-batch
+    assert plan_micro_batches(order, [0, 0, 1, 1, 1], widths, 4) == [[0], [1], [2, 3, 4]]
+    assert plan_micro_batches([], [], [], 4) == []
+
+
+def test_bucketing_leaves_the_step_unchanged(tiny_model_dir):
+    """One long row among short ones: bucketing gives it a micro-batch of its own, and the
+    step's loss, gradient norm and updated weights equal the plain split's."""
+    long_row = splice([1, 2, 3], [1, 40, 41, 2, 3], list(range(20, 44)))
+    pairs = [long_row, *make_pairs(), *make_pairs()]
+    results = {}
+    for bucket in (True, False):
+        trainer = make_trainer(tiny_model_dir, micro_batch_size=4, teacher="frozen",
+                               bucket_by_length=bucket)
+        trainer.train_step(pairs)  # LoRA B off zero
+        results[bucket] = (trainer.train_step(pairs), trainer.adapter_state())
+    (on, w_on), (off, w_off) = results[True], results[False]
+    assert (on["micro_batches"], off["micro_batches"]) == (4, 3)
+    assert on["padding_frac"] < off["padding_frac"]
+    assert on["loss"] == pytest.approx(off["loss"], rel=1e-5)
+    assert on["grad_norm"] == pytest.approx(off["grad_norm"], rel=1e-4)
+    for name in w_on:
+        torch.testing.assert_close(w_on[name], w_off[name], rtol=1e-4, atol=1e-6)
 
 
 def test_skip_first_tokens_drops_each_responses_opening_from_the_loss(tiny_model_dir):
@@ -353,3 +386,32 @@ def test_trainer_applies_the_schedule_per_step_and_rejects_unknown_ones(tiny_mod
         make_trainer(tiny_model_dir, lr_schedule="step")
     with pytest.raises(ValueError, match="total_steps"):
         make_trainer(tiny_model_dir, lr_schedule="cosine")
+
+
+def test_save_merged_rewrites_in_place_and_equals_a_fresh_file(tiny_model_dir, tmp_path):  # noqa: F811
+    """The second save into a folder overwrites the merged tensors in the same file (same
+    inode, no new file) and the file then equals a fresh save of the new weights; the merge
+    itself is base + B @ A * scale, checked by hand on one layer."""
+    from safetensors.torch import load_file
+
+    trainer = make_trainer(tiny_model_dir, dtype="bfloat16")
+    folder = tmp_path / "policy"
+    first = folder / "model.safetensors"
+    trainer.save_merged(folder)
+    inode = first.stat().st_ino
+    trainer.train_step(make_pairs())  # the adapter moves off zero
+    trainer.save_merged(folder)
+    assert first.stat().st_ino == inode and not (folder / "model.safetensors.tmp").exists()
+    fresh = make_trainer(tiny_model_dir, dtype="bfloat16")
+    fresh.model.load_state_dict(trainer.model.state_dict())
+    fresh.save_merged(tmp_path / "fresh")
+    in_place, whole = load_file(str(first)), load_file(str(tmp_path / "fresh/model.safetensors"))
+    assert in_place.keys() == whole.keys()
+    for name, value in whole.items():
+        assert torch.equal(in_place[name], value), name
+    layer = trainer.base.model.layers[0].self_attn.q_proj
+    by_hand = (layer.base_layer.weight.float() + layer.lora_B["default"].weight
+               @ layer.lora_A["default"].weight * layer.scaling["default"]).to(torch.bfloat16)
+    assert not torch.equal(by_hand, layer.base_layer.weight)
+    torch.testing.assert_close(in_place["model.layers.0.self_attn.q_proj.weight"], by_hand,
+                               atol=0, rtol=1e-2)
