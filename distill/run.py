@@ -149,7 +149,8 @@ def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerCo
                          lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
                          total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                          micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
-                         loss=loss, seed=cfg.seed, skip_first_tokens=cfg.skip_first_tokens)
+                         loss=loss, seed=cfg.seed, skip_first_tokens=cfg.skip_first_tokens,
+                         attention=cfg.attention)
 
 
 def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequence[Item],
