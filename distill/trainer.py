@@ -100,9 +100,9 @@ class TrainerConfig:
     # off under gradient checkpointing. Shorter shared prefixes are not worth the detour.
     share_prefix: bool = True
     min_shared_prefix: int = 64
-    # "auto": distill.attention's grouped kernel on CPU (the real BANKING77 step: 8.0 s with
-    # sdpa, 6.7 s with eager, see its docstring), the model's own (sdpa) on CUDA, where that
-    # kernel is unmeasured; or any name transformers' AttentionInterface knows.
+    # "auto": distill.attention's grouped kernel on CPU (the real BANKING77 student step:
+    # 8.0 s with sdpa, 6.7 s with eager, 6.1 s with it), the model's own (sdpa) on CUDA,
+    # where that kernel is unmeasured; or any name transformers' AttentionInterface knows.
     attention: str = "auto"
     # "auto": LoRA branches compute in the base's dtype when that is bf16 (see `compute`);
     # "float32": peft's default, every LoRA input cast to fp32 and every output back.
