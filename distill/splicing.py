@@ -181,8 +181,8 @@ def pad_suffixes(
 
     Returns ``(ids, attention_mask, response_mask, position_ids)`` for the suffixes, each
     ``[B, S]`` (suffix columns only: the prefix is attended by every row, unmasked);
-    positions continue from ``prefix_len``. Right padding is safe here: attention is causal, so padding after a
-    row's last token changes nothing before it.
+    positions continue from ``prefix_len``. Right padding is safe here: attention is
+    causal, so padding after a row's last token changes nothing before it.
     """
     width = max(len(r) for r in rows) - prefix_len
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
