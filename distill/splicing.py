@@ -128,10 +128,17 @@ class Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+def padded_width(longest: int, multiple: int | None) -> int:
+    """`longest` rounded up to a multiple of `multiple` (None or 1: unchanged)."""
+    if not multiple or multiple <= 1:
+        return longest
+    return -(-longest // multiple) * multiple
+
+
 def _left_pad(
-    rows: list[list[int]], prompt_lens: list[int], pad_id: int
+    rows: list[list[int]], prompt_lens: list[int], pad_id: int, multiple: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    width = max(len(r) for r in rows)
+    width = padded_width(max(len(r) for r in rows), multiple)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -144,15 +151,19 @@ def _left_pad(
     return ids, attention, response_mask, position_ids
 
 
-def collate(pairs: list[SplicedPair], pad_id: int) -> Batch:
-    """Left-pad a list of spliced pairs into one :class:`Batch` and check the alignment."""
+def collate(pairs: list[SplicedPair], pad_id: int, pad_to_multiple_of: int | None = None
+            ) -> Batch:
+    """Left-pad a list of spliced pairs into one :class:`Batch` and check the alignment;
+    `pad_to_multiple_of`: round each side's width up to a multiple of it."""
     if not pairs:
         raise ValueError("collate needs at least one pair")
     s_ids, s_att, s_mask, s_pos = _left_pad(
-        [p.student_ids for p in pairs], [p.student_prompt_len for p in pairs], pad_id
+        [p.student_ids for p in pairs], [p.student_prompt_len for p in pairs], pad_id,
+        pad_to_multiple_of,
     )
     t_ids, t_att, t_mask, t_pos = _left_pad(
-        [p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs], pad_id
+        [p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs], pad_id,
+        pad_to_multiple_of,
     )
     lengths = torch.tensor([len(p.response_ids) for p in pairs], dtype=torch.long)
     response = torch.full((len(pairs), int(lengths.max())), pad_id, dtype=torch.long)
@@ -175,7 +186,8 @@ def shared_prefix_len(rows: list[list[int]], prompt_lens: list[int]) -> int:
 
 
 def pad_suffixes(
-    rows: list[list[int]], prompt_lens: list[int], prefix_len: int, pad_id: int
+    rows: list[list[int]], prompt_lens: list[int], prefix_len: int, pad_id: int,
+    pad_to_multiple_of: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Right-pad what follows a shared prefix of `prefix_len` tokens.
 
@@ -183,8 +195,9 @@ def pad_suffixes(
     ``[B, S]`` (suffix columns only: the prefix is attended by every row, unmasked);
     positions continue from ``prefix_len``. Right padding is safe here: attention is
     causal, so padding after a row's last token changes nothing before it.
+    `pad_to_multiple_of`: round ``S`` up to a multiple of it.
     """
-    width = max(len(r) for r in rows) - prefix_len
+    width = padded_width(max(len(r) for r in rows) - prefix_len, pad_to_multiple_of)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.bool)

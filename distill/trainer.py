@@ -100,6 +100,13 @@ class TrainerConfig:
     # off under gradient checkpointing. Shorter shared prefixes are not worth the detour.
     share_prefix: bool = True
     min_shared_prefix: int = 64
+    # Round every padded width (left-padded rows, suffixes after a shared prefix) up to a
+    # multiple of this; None: no rounding. Why on CPU: oneDNN builds (and caches, 1024
+    # entries) a matmul kernel per distinct shape, and BANKING77's varying widths made ~150
+    # new ones a step at ~2.6 ms each, evicting each other; over 28 steps of varying
+    # 32-example batches in one process the step drifted from 9.4 s to 11.1 s. With 16 it
+    # stayed at 9.2-9.5 s (benchmarks/step_drift.py), for a few percent more positions.
+    pad_to_multiple_of: int | None = 16
     # "auto": distill.attention's grouped kernel on CPU (the real BANKING77 student step:
     # 8.0 s with sdpa, 6.7 s with eager, 6.1 s with it), the model's own (sdpa) on CUDA,
     # where that kernel is unmeasured; or any name transformers' AttentionInterface knows.
@@ -411,7 +418,8 @@ class DistillTrainer:
         loss_sum = 0.0
         stat_sums = dict.fromkeys(_SUMMED_STATS, 0.0)
         nonfinite = False
-        batches = [collate([pairs[i] for i in idx], self.pad_id).to(device) for idx in micro]
+        batches = [collate([pairs[i] for i in idx], self.pad_id, self.cfg.pad_to_multiple_of)
+                   .to(device) for idx in micro]
         # Teacher forwards first, for every micro-batch that needs one: its hidden states at
         # response positions are small, and switching adapters (frozen/ema) never happens
         # while the student's shared-prefix graph is alive.
@@ -621,7 +629,8 @@ class DistillTrainer:
         device = self.lm_head.weight.device
         ids, attention, mask, positions = pad_suffixes(
             [getattr(p, f"{side}_ids") for p in chunk],
-            [getattr(p, f"{side}_prompt_len") for p in chunk], prefix.length, self.pad_id)
+            [getattr(p, f"{side}_prompt_len") for p in chunk], prefix.length, self.pad_id,
+            self.cfg.pad_to_multiple_of)
         with self.compute():
             hidden = suffix_hidden(self.decoder, prefix, ids.to(device), attention.to(device),
                                    positions.to(device))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.splicing import pad_suffixes, shared_prefix_len, splice
+from distill.splicing import collate, pad_suffixes, shared_prefix_len, splice
 from tests.test_trainer import make_trainer, tiny_model_dir  # noqa: F401  (fixture)
 
 PREFIX = [int(t) for t in torch.randint(3, 120, (70,), generator=torch.Generator().manual_seed(7))]
@@ -43,6 +43,38 @@ def test_pad_suffixes_layout_by_hand():
     assert ids.tolist() == [[4, 7, 8], [5, 9, 0]]
     assert attention.tolist()[1] == [1, 1, 0]
     assert mask.tolist() == [[True, True, False], [True, False, False]]
+
+
+def test_pad_to_multiple_of_rounds_widths_by_hand():
+    rows, prompt_lens = [[1, 2, 3, 4, 7, 8], [1, 2, 3, 5, 6, 9]], [4, 5]
+    ids, attention, mask, positions = pad_suffixes(rows, prompt_lens, 3, 0, pad_to_multiple_of=4)
+    assert ids.tolist() == [[4, 7, 8, 0], [5, 6, 9, 0]]
+    assert attention.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
+    assert mask.tolist() == [[True, True, False, False], [False, True, False, False]]
+    assert positions.tolist() == [[3, 4, 5, 6], [3, 4, 5, 6]]
+    # left padding: 6 and 5 tokens become width 8; the masks still predict the responses
+    pairs = [splice([1, 2, 3, 4], [1, 2, 3, 4], [7, 8]), splice([1, 2, 3, 5], [1, 5], [9])]
+    batch = collate(pairs, pad_id=0, pad_to_multiple_of=8)
+    assert batch.student_input_ids.tolist() == [[0, 0, 1, 2, 3, 4, 7, 8], [0, 0, 0, 1, 2, 3, 5, 9]]
+    assert batch.teacher_input_ids.shape == (2, 8)
+    assert batch.student_position_ids.tolist()[1] == [0, 0, 0, 0, 1, 2, 3, 4]
+    assert collate(pairs, pad_id=0).student_input_ids.shape == (2, 6)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_pad_to_multiple_of_leaves_the_step_unchanged(tiny_model_dir, share_prefix):  # noqa: F811
+    # padding is masked (left) or after the last token (right, causal): same loss, same update
+    kwargs = {"teacher": "live", "micro_batch_size": 2, "share_prefix": share_prefix,
+              "min_shared_prefix": 16}
+    exact = make_trainer(tiny_model_dir, pad_to_multiple_of=None, **kwargs)
+    rounded = make_trainer(tiny_model_dir, pad_to_multiple_of=16, **kwargs)
+    for _ in range(2):
+        a = exact.train_step(prefixed_pairs())
+        b = rounded.train_step(prefixed_pairs())
+        assert abs(a["loss"] - b["loss"]) < 1e-5 * max(1.0, abs(a["loss"])), (a, b)
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
+    for name, value in exact.adapter_state().items():
+        torch.testing.assert_close(rounded.adapter_state()[name], value, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("attention", ["auto", "sdpa"])
