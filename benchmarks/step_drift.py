@@ -1,7 +1,7 @@
 """Step-time drift benchmark: many different BANKING77 batches through one DistillTrainer.
 
     .venv/bin/python benchmarks/step_drift.py                       # pad 1 vs 16, 28 steps
-    .venv/bin/python benchmarks/step_drift.py --sides 1,16,16+thp --steps 40
+    .venv/bin/python benchmarks/step_drift.py --sides 1,16,16+thp,16+cache4096 --steps 40
     .venv/bin/python benchmarks/step_drift.py --print-only          # re-print saved JSON
 
 Why this exists: `benchmarks/distill_step.py` times one batch again and again, and there
@@ -12,22 +12,24 @@ so a run whose widths keep changing builds new kernels every step (~2.6 ms each)
 evicts old ones, and its heap grows with them. Rounding every padded width up to a
 multiple (`TrainerConfig.pad_to_multiple_of`) makes the shapes repeat.
 
-A side is a padding multiple ("1": no rounding), optionally "+thp" (the process runs with
-torch's ``THP_MEM_ALLOC_ENABLE=1``: transparent huge pages for its large CPU allocations).
-Each side runs in a fresh interpreter: the trainer of ``distill_step.py --side
-ours-trainer`` (SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, the frozen start
-as the teacher, forward KL on the answer space, micro-batches of 8), step i on test
-examples 32i..32i+31 in their label shapes, after ``scaffold.hardware.keep_freed_memory``
-as ``distill.run`` does. No warm-up step is dropped: the drift is the measurement. The
-table gives each side's mean step per third of the run, the last third over the first,
-the CPU time of its steps, and its peak RSS; the last column is its mean step over
-the first side's (the peer: no rounding) from the same invocation.
+A side is a padding multiple ("1": no rounding), optionally with switches: "+thp" runs the
+process with torch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for its large CPU
+buffers), "+cache4096" with ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=4096`` (oneDNN keeps 4x the
+kernels). Each side runs in a fresh interpreter: the trainer of ``distill_step.py --side
+ours-trainer`` (SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, the frozen start as
+the teacher, forward KL on the answer space, micro-batches of 8), after
+``scaffold.hardware.keep_freed_memory`` as ``distill.run`` does. Step i trains on test
+examples 32i..32i+31 in their label shapes; batch 0 runs again every ``--reference-every``
+steps and at the end, and its times are the drift (the varying batches differ in length,
+so their own times move with their content). The table gives each side's reference times,
+its mean step over the varying batches (student, teacher, CPU time), its peak RSS, and its
+mean step over the first side's (the peer: no rounding) on the same batches in the same
+invocation.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -43,7 +45,7 @@ from distill_step import MODEL, REPO, _env, build_examples  # noqa: E402
 BATCH = 32
 
 
-def run_side(multiple: int, steps: int) -> dict:
+def run_side(multiple: int, steps: int, reference_every: int) -> dict:
     from scaffold.hardware import keep_freed_memory
 
     keep_freed_memory()
@@ -67,35 +69,60 @@ def run_side(multiple: int, steps: int) -> dict:
         micro_batch_size=8, teacher="frozen", loss=LossConfig(kind="forward_kl"), seed=0,
         pad_to_multiple_of=multiple)
     trainer = DistillTrainer(cfg, tokenizer=tokenizer)
-    rows = []
-    for i in range(steps):
+
+    def step_inputs(batch: int) -> StepInputs:
         inputs = StepInputs()
-        for ex in examples[BATCH * i: BATCH * (i + 1)]:
+        for ex in examples[BATCH * batch: BATCH * (batch + 1)]:
             inputs.add(render_ids(tokenizer, ex["student_messages"]),
                        render_ids(tokenizer, ex["teacher_messages"]), ex["response_ids"],
                        max_len=4096, space=space)
+        return inputs
+
+    def timed(inputs: StepInputs, batch: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         stats = trainer.train_step(inputs.pairs, supports=inputs.supports)
-        rows.append({"step_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                     "student_s": stats["time_student_s"], "teacher_s": stats["time_teacher_s"],
-                     "loss": stats["loss"]})
-        print(json.dumps({"i": i, **{k: round(v, 3) for k, v in rows[-1].items()}}), flush=True)
+        row = {"batch": batch, "step_s": time.perf_counter() - t0,
+               "cpu_s": time.process_time() - c0, "student_s": stats["time_student_s"],
+               "teacher_s": stats["time_teacher_s"], "loss": stats["loss"]}
+        print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+        return row
+
+    # batch 0 again every `reference_every` steps and at the end: the same shapes each time,
+    # so its time moves only with the process's state (the varying batches differ in length)
+    reference = step_inputs(0)
+    rows, references = [], []
+    for i in range(steps):
+        if i % reference_every == 0:
+            references.append({"after_steps": i, **timed(reference, 0)})
+        rows.append(timed(step_inputs(i), i))
+    references.append({"after_steps": steps, **timed(reference, 0)})
     peak = int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmHWM"))) // 1024
-    return {"steps": rows, "peak_rss_mb": peak, "threads": torch.get_num_threads()}
+    return {"steps": rows, "references": references, "peak_rss_mb": peak, "threads": torch.get_num_threads()}
 
 
-def spawn(side: str, steps: int) -> dict:
+SIDE_ENV = {
+    "thp": ("THP_MEM_ALLOC_ENABLE", "1"),  # torch: transparent huge pages for big CPU buffers
+    "cache4096": ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096"),  # oneDNN's default: 1024
+}
+
+
+def spawn(side: str, steps: int, reference_every: int) -> dict:
     """One side in a fresh interpreter (its own oneDNN cache and heap)."""
-    multiple, _, thp = side.partition("+")
+    multiple, *switches = side.split("+")
     env = dict(os.environ)
-    env.pop("THP_MEM_ALLOC_ENABLE", None)
-    if thp == "thp":
-        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    for name, _ in SIDE_ENV.values():
+        env.pop(name, None)
+    for switch in switches:
+        if switch not in SIDE_ENV:
+            raise SystemExit(f"--sides: unknown switch +{switch} in {side!r} "
+                             f"(known: {', '.join(SIDE_ENV)})")
+        name, value = SIDE_ENV[switch]
+        env[name] = value
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = Path(tmp.name)
     cmd = [sys.executable, __file__, "--worker", multiple, "--worker-out", str(out),
-           "--steps", str(steps)]
+           "--steps", str(steps), "--reference-every", str(reference_every)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -108,41 +135,44 @@ def spawn(side: str, steps: int) -> dict:
     return {"side": side, "process_wall_s": time.perf_counter() - t0, **result}
 
 
-def thirds(values: list[float]) -> list[float]:
-    n = len(values)
-    cuts = [0, n // 3, 2 * n // 3, n]
-    return [statistics.fmean(values[a:b]) for a, b in itertools.pairwise(cuts) if b > a]
-
-
 def print_table(results: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    base = statistics.fmean(s["step_s"] for s in results[0]["steps"])
+    def mean(rows: list[dict], key: str = "step_s") -> float:
+        return statistics.fmean(r[key] for r in rows)
+
+    base = mean(results[0]["steps"])
+    refs = results[0]["references"]
     table = Table(title=f"DistillTrainer.train_step over {len(results[0]['steps'])} different "
-                        f"{BATCH}-example BANKING77 batches, one process per side")
-    for col in ("side", "step s: 1st third", "2nd", "3rd", "3rd / 1st", "student s (mean)",
-                "teacher s (mean)", "CPU s (mean)", "peak RSS MB",
-                "mean step vs side 1"):
+                        f"{BATCH}-example BANKING77 batches, one process per side; the "
+                        f"reference batch (batch 0) again after steps "
+                        f"{', '.join(str(r['after_steps']) for r in refs)}")
+    for col in ("side", "reference step s, first .. last", "last / first",
+                "varying batches: mean step s", "student s", "teacher s", "CPU s",
+                "peak RSS MB", "mean step vs side 1"):
         table.add_column(col, justify="right")
     for r in results:
-        steps = r["steps"]
-        t = thirds([s["step_s"] for s in steps])
-        mean = statistics.fmean(s["step_s"] for s in steps)
+        steps, refs = r["steps"], r["references"]
         table.add_row(
-            r["side"], *(f"{x:.2f}" for x in t), f"{t[-1] / t[0]:.3f}",
-            f"{statistics.fmean(s['student_s'] for s in steps):.2f}",
-            f"{statistics.fmean(s['teacher_s'] for s in steps):.2f}",
-            f"{statistics.fmean(s['cpu_s'] for s in steps):.2f}", str(r["peak_rss_mb"]), f"{mean / base:.3f}")
+            r["side"], " ".join(f"{x['step_s']:.1f}" for x in refs),
+            f"{refs[-1]['step_s'] / refs[1]['step_s']:.3f}", f"{mean(steps):.2f}",
+            f"{mean(steps, 'student_s'):.2f}", f"{mean(steps, 'teacher_s'):.2f}",
+            f"{mean(steps, 'cpu_s'):.2f}", str(r["peak_rss_mb"]), f"{mean(steps) / base:.3f}")
     Console(width=200).print(table)
+    print("last / first: the reference step at the end over its second timing (the first is "
+          "the process's first step, cold)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sides", default="1,16", help="comma-separated padding multiples, each "
-                   "optionally +thp; the first is the peer the last column divides by")
-    p.add_argument("--steps", type=int, default=28, help="steps (batches) per side")
+                   f"optionally +{' +'.join(SIDE_ENV)}; the first is the peer the last column "
+                   "divides by")
+    p.add_argument("--steps", type=int, default=28, help="varying batches per side")
+    p.add_argument("--reference-every", type=int, default=9,
+                   help="run the reference batch again every this many steps")
     p.add_argument("--out", default="benchmarks/results/step_drift.json")
     p.add_argument("--print-only", action="store_true", help="re-print --out")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -150,14 +180,15 @@ def main() -> None:
     args = p.parse_args()
     _env()
     if args.worker:
-        Path(args.worker_out).write_text(json.dumps(run_side(int(args.worker), args.steps)))
+        result = run_side(int(args.worker), args.steps, args.reference_every)
+        Path(args.worker_out).write_text(json.dumps(result))
         return
     out = REPO / args.out
     if args.print_only:
         print_table(json.loads(out.read_text())["results"])
         return
     load = os.getloadavg()[0]
-    results = [spawn(side, args.steps) for side in args.sides.split(",")]
+    results = [spawn(side, args.steps, args.reference_every) for side in args.sides.split(",")]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "load_before": load,
                                "load_after": os.getloadavg()[0], "cpu": _cpu_name(),

@@ -103,9 +103,11 @@ class TrainerConfig:
     # Round every padded width (left-padded rows, suffixes after a shared prefix) up to a
     # multiple of this; None: no rounding. Why on CPU: oneDNN builds (and caches, 1024
     # entries) a matmul kernel per distinct shape, and BANKING77's varying widths made ~150
-    # new ones a step at ~2.6 ms each, evicting each other; over 28 steps of varying
-    # 32-example batches in one process the step drifted from 9.4 s to 11.1 s. With 16 it
-    # stayed at 9.2-9.5 s (benchmarks/step_drift.py), for a few percent more positions.
+    # new ones a step at ~2.6 ms each, evicting each other, and the heap grew with them.
+    # benchmarks/step_drift.py (one batch timed again after 9-27 varying ones, same process):
+    # unrounded it ended 1.20x and 1.32x slower than it started, with 16 0.87x and 0.91x;
+    # peak RSS 11-17% lower in three runs; the mean step over 18-28 batches moved within
+    # noise (0.90x, 1.10x, 0.99x), as the extra padded positions offset the drift so far.
     pad_to_multiple_of: int | None = 16
     # "auto": distill.attention's grouped kernel on CPU (the real BANKING77 student step:
     # 8.0 s with sdpa, 6.7 s with eager, 6.1 s with it), the model's own (sdpa) on CUDA,
