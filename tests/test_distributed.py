@@ -77,9 +77,11 @@ def assert_step_matches_one_process(out: Path, model_dir: str) -> None:
         assert got["stats"]["grad_norm"] == pytest.approx(stats["grad_norm"], rel=1e-4)
         for name, grad in expected_grads.items():  # the summed gradient, clipped the same way
             torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-7)
-        for name, value in expected_adapter.items():  # after Adam's first step, which scales
-            # each update by 1/sqrt(v): summation-order rounding in a tiny gradient shows more
-            torch.testing.assert_close(got["adapter"][name], value, rtol=1e-4, atol=1e-6)
+        for name, value in expected_adapter.items():  # after Adam's first step, which moves
+            # each weight by lr * g / (|g| + eps): where |g| is near eps, summation-order rounding
+            # in g moves it by up to ~3e-4 of lr (2.4e-6 at lr 1e-2 seen in CI's 2-process run),
+            # so the bound is 1e-3 of lr; the gradients above carry the tight check
+            torch.testing.assert_close(got["adapter"][name], value, rtol=1e-4, atol=1e-5)
     for name in expected_adapter:  # and the ranks hold one adapter, bit for bit
         assert torch.equal(ranks[0]["adapter"][name], ranks[1]["adapter"][name])
 
