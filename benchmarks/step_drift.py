@@ -148,7 +148,7 @@ def print_table(results: list[dict]) -> None:
                         f"{BATCH}-example BANKING77 batches, one process per side; the "
                         f"reference batch (batch 0) again after steps "
                         f"{', '.join(str(r['after_steps']) for r in refs)}")
-    for col in ("side", "reference step s, first .. last", "last / first",
+    for col in ("side", "reference step s, first .. last", "last / 2nd",
                 "varying batches: mean step s", "student s", "teacher s", "CPU s",
                 "peak RSS MB", "mean step vs side 1"):
         table.add_column(col, justify="right")
@@ -160,7 +160,7 @@ def print_table(results: list[dict]) -> None:
             f"{mean(steps, 'student_s'):.2f}", f"{mean(steps, 'teacher_s'):.2f}",
             f"{mean(steps, 'cpu_s'):.2f}", str(r["peak_rss_mb"]), f"{mean(steps) / base:.3f}")
     Console(width=200).print(table)
-    print("last / first: the reference step at the end over its second timing (the first is "
+    print("last / 2nd: the reference step at the end over its second timing (the first is "
           "the process's first step, cold)")
 
 
