@@ -79,7 +79,7 @@ def assert_step_matches_one_process(out: Path, model_dir: str) -> None:
             torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-7)
         for name, value in expected_adapter.items():  # after Adam's first step, which moves
             # each weight by lr * g / (|g| + eps): where |g| is near eps, summation-order rounding
-            # in g moves it by up to ~3e-4 of lr (2.4e-6 at lr 1e-2 seen in CI's 2-process run),
+            # in g moves it by up to ~3e-4 of lr (2.4e-6 at lr 1e-2 in a full make test),
             # so the bound is 1e-3 of lr; the gradients above carry the tight check
             torch.testing.assert_close(got["adapter"][name], value, rtol=1e-4, atol=1e-5)
     for name in expected_adapter:  # and the ranks hold one adapter, bit for bit
