@@ -380,6 +380,11 @@ class PrecedentIndex:
             return vectors
         return self._encode_cached(list(queries))
 
+    def forget_queries(self) -> None:
+        """Drop the cached query vectors (a benchmark timing the same queries twice)."""
+        with self._cache_lock:
+            self._query_cache.clear()
+
     def warm(self, queries: Sequence[str]) -> None:
         """Embed upcoming queries in one batch (the cache then serves each search)."""
         for start in range(0, len(queries), QUERY_CACHE_SIZE):
