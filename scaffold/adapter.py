@@ -50,6 +50,7 @@ from typing import Any, Literal, get_origin
 import dspy
 from dspy.adapters.utils import parse_value
 from dspy.signatures.signature import infer_prefix
+from dspy.utils.exceptions import AdapterParseError
 
 from scaffold.trace import capture_lm_calls, record_parse_failure, record_parsed
 
@@ -273,34 +274,38 @@ class PlainChatAdapter(dspy.Adapter):
         return "\n".join(parts)
 
     # -- calling ----------------------------------------------------------
+    # Through DSPy's public adapter entry points only: the base pipeline (format, call,
+    # parse) runs unchanged, and what differs is done around it.
     def __call__(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, demos: list, inputs: dict) -> list:
         with capture_lm_calls():
-            return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+            try:
+                values = super().__call__(lm, lm_kwargs, signature, demos, inputs)
+            except AdapterParseError:
+                values = [self._empty_reply(signature)]
+            return self._finish(signature, values)
 
     async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, demos: list, inputs: dict) -> list:
         with capture_lm_calls():
-            return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+            try:
+                values = await super().acall(lm, lm_kwargs, signature, demos, inputs)
+            except AdapterParseError:
+                values = [self._empty_reply(signature)]
+            return self._finish(signature, values)
 
-    def _call_postprocess(
-        self,
-        processed_signature: Any,
-        original_signature: Any,
-        outputs: list[Any],
-        lm: Any,
-        lm_kwargs: dict[str, Any],
-    ) -> list[dict[str, Any]]:
-        """Parse every completion; unlike the base adapter, an empty one is a counted failure."""
-        values = []
-        for output in outputs:
-            text = output.get("text") if isinstance(output, dict) else output
-            value = self.parse(processed_signature, text or "")
-            if not values:
-                record_parsed(value)
-            for name in original_signature.output_fields:
-                value.setdefault(name, "")
-            if isinstance(output, dict) and output.get("logprobs"):
-                value["logprobs"] = output["logprobs"]
-            values.append(value)
+    def _empty_reply(self, signature: Any) -> dict[str, Any]:
+        """DSPy's adapter raises on an empty completion (the only AdapterParseError here:
+        `parse` never raises); a harness step gets empty fields and a counted failure."""
+        return self.parse(signature, "")
+
+    @staticmethod
+    def _finish(signature: Any, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Missing fields are "" (never None); the first choice's fields go on the trace."""
+        for value in values:
+            for name in signature.output_fields:
+                if value.get(name) is None:
+                    value[name] = ""
+        if values:
+            record_parsed({k: v for k, v in values[0].items() if k != "logprobs"})
         return values
 
     # -- parsing ----------------------------------------------------------

@@ -51,6 +51,11 @@ _CAPTURE: contextvars.ContextVar[list[LMCall] | None] = contextvars.ContextVar(
 _T = TypeVar("_T")
 # Guards trace mutation from worker threads of one example (dspy.Parallel); cheap, rarely contended.
 _LOCK = threading.Lock()
+# The dspy.Predict modules running in this context, innermost last, as (call_id, module):
+# kept from the collector's own on_module_start/end events rather than read from DSPy's
+# internal caller stack.
+_PREDICTS: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
+    "scaffold_running_predicts", default=())
 
 
 @dataclass
@@ -229,12 +234,13 @@ def _signature_name(signature: Any) -> str:
 
 def _current_step(state: _TraceState | None) -> str | None:
     """Step name of the innermost dspy.Predict now running (None outside any)."""
-    for module in reversed(dspy.settings.get("caller_modules") or []):
-        if isinstance(module, dspy.Predict):
-            if state is not None and id(module) in state.names:
-                return state.names[id(module)]
-            return _signature_name(module.signature)
-    return None
+    running = _PREDICTS.get()
+    if not running:
+        return None
+    module = running[-1][1]
+    if state is not None and id(module) in state.names:
+        return state.names[id(module)]
+    return _signature_name(module.signature)
 
 
 def note_fallback(kind: str, detail: str = "", **extra: Any) -> None:
@@ -361,7 +367,11 @@ class TraceCollector(BaseCallback):
     # module events: capture the program's own outputs
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         state = self._mine()
-        if state is None or state.top_call_id is not None:
+        if state is None:
+            return
+        if isinstance(instance, dspy.Predict):
+            _PREDICTS.set((*_PREDICTS.get(), (call_id, instance)))
+        if state.top_call_id is not None:
             return
         # the program itself; when the trace was opened with a name, the first module run
         if instance is state.program or not isinstance(state.program, dspy.Module):
@@ -370,6 +380,9 @@ class TraceCollector(BaseCallback):
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
     ) -> None:
+        running = _PREDICTS.get()
+        if running and running[-1][0] == call_id:
+            _PREDICTS.set(running[:-1])
         state = self._mine()
         if state is None or call_id != state.top_call_id or outputs is None:
             return

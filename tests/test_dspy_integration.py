@@ -251,6 +251,7 @@ def test_garbage_never_raises_and_failures_reach_the_trace():
     assert [c.parse_ok for c in tr.calls] == [False, False, True]
     assert [f["kind"] for f in tr.fallbacks] == ["parse_failure", "parse_failure"]
     assert [f["call_index"] for f in tr.fallbacks] == [0, 1]
+    assert [f["step"] for f in tr.fallbacks] == ["Draft", "Verify"]  # the Predict running
     assert tr.parse_failures == 2
 
 
