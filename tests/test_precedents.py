@@ -401,3 +401,31 @@ def test_repeated_query_text_is_embedded_once(embedder):
     assert calls == [[QUERIES[0]], [QUERIES[1]]]
     assert [p.id for p in idx.search(QUERIES[0], k=3)] == [p.id for p in first]
     assert idx.search_batch([], k=3) == []
+
+
+class CountingEmbedder(HashingEmbedder):
+    """HashingEmbedder that remembers every text it was asked to embed."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=512)
+        self.seen: list[str] = []
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        self.seen.extend(texts)
+        return super().encode(texts, batch_size, progress)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_a_bank_text_as_query_reads_its_stored_vector(index_type):
+    counting = CountingEmbedder()
+    bank = PrecedentIndex.build(IDS, TEXTS, LABELS, counting, index_type=index_type, nlist=2,
+                                nprobe=2, progress=False)
+    counting.seen.clear()
+    bank.warm([TEXTS[3], QUERIES[0], TEXTS[9]])
+    assert counting.seen == [QUERIES[0]]  # only the text the bank does not hold is embedded
+    vectors = bank._query_vectors([TEXTS[3], TEXTS[9]])
+    np.testing.assert_allclose(vectors, HashingEmbedder(dim=512).encode([TEXTS[3], TEXTS[9]]),
+                               atol=1e-6)
+    assert counting.seen == [QUERIES[0]]
+    hits = bank.search(TEXTS[3], 3, exclude_ids=[IDS[3]])
+    assert IDS[3] not in [h.id for h in hits] and len(hits) == 3
