@@ -38,11 +38,11 @@ from dspy.utils.exceptions import LMError
 
 from scaffold.errors import PolicyServerUnreachable
 from scaffold.vllm_engine import (
-    _ACTIVE_RECORD,
     AsyncVLLMChatEngine,
     CallRecord,
     VLLMChatEngine,
     active_call_record,
+    recording,
 )
 
 __all__ = ["CallRecord", "ScaffoldLM", "active_call_record", "make_lm"]
@@ -120,16 +120,14 @@ class ScaffoldLM(dspy.LM):
     def _call_scope(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Iterator[None]:
         """Open this call's record (the engine fills it); turn a connection failure into
         PolicyServerUnreachable."""
-        token = _ACTIVE_RECORD.set(self._begin(prompt, messages, kwargs))
         try:
-            yield
+            with recording(self._begin(prompt, messages, kwargs)):
+                yield
         except LMError as exc:
             unreachable = self._unreachable(exc)
             if unreachable is not None:
                 raise unreachable from exc
             raise
-        finally:
-            _ACTIVE_RECORD.reset(token)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         with self._call_scope(prompt, messages, kwargs):

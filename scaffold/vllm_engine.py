@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -99,6 +101,16 @@ _ACTIVE_RECORD: ContextVar[CallRecord | None] = ContextVar("scaffold_lm_call_rec
 def active_call_record() -> CallRecord | None:
     """The record of the ScaffoldLM call in progress in this context (for `on_lm_end`)."""
     return _ACTIVE_RECORD.get()
+
+
+@contextmanager
+def recording(record: CallRecord) -> Iterator[CallRecord]:
+    """Make `record` the call in progress in this context: the engine fills it."""
+    token = _ACTIVE_RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _ACTIVE_RECORD.reset(token)
 
 
 def _int_list(values: Any) -> list[int] | None:
