@@ -57,7 +57,7 @@ ADAPTER_DIR = "adapter"
 FINAL_ADAPTER_DIR = "final_adapter"  # the run's last adapter, beside checkpoints/
 GUARD_STOP_FILE = "guard_stop.json"  # why and where the collapse guard ended the run
 STATE_FILE = "state.pt"
-RANKS_FILE = "ranks.pt"  # torchrun: every rank's RNG states
+RANKS_FILE = "ranks.pt"  # torchrun: every rank's RNG states (and optimizer shard under fsdp)
 # Config keys a resumed run may change without changing what has been computed so far.
 RESUMABLE_KEYS = frozenset(
     {"steps", "max_steps", "save_every", "eval_every", "log_every", "keep_last", "resume"}
@@ -353,11 +353,12 @@ class RunDir:
         return self.path / CHECKPOINTS_DIR / f"step_{step:06d}"
 
     def save_checkpoint(self, step: int, trainer: DistillTrainer, extra: dict,
-                        rank_rng: list[dict] | None = None) -> Path:
+                        ranks: list[dict] | None = None) -> Path:
         """Write checkpoints/step_NNNNNN/{adapter/, state.pt} atomically, then commit it by
-        appending {"step", "path", "time", **extra} to checkpoints.jsonl. `rank_rng`: under
-        torchrun, every rank's RNG states (rank order), kept in ranks.pt beside state.pt
-        (the adapter and optimizer are the same on every rank; the RNG is not)."""
+        appending {"step", "path", "time", **extra} to checkpoints.jsonl. `ranks`: under
+        torchrun, every rank's `DistillTrainer.rank_state()` (rank order), kept in ranks.pt
+        beside state.pt: its RNG states, and under fsdp its optimizer shard (without fsdp the
+        adapter and optimizer are the same on every rank; the RNG is not)."""
         if not self.writer:
             raise RuntimeError("only the run folder's writer (rank 0) saves checkpoints")
         clash = [k for k in _RESERVED if k in extra]
@@ -373,9 +374,9 @@ class RunDir:
                 torch.save(trainer.state_dict_for_resume(), f)
                 f.flush()
                 os.fsync(f.fileno())
-            if rank_rng is not None:
+            if ranks is not None:
                 with open(tmp / RANKS_FILE, "wb") as f:
-                    torch.save(rank_rng, f)
+                    torch.save(ranks, f)
                     f.flush()
                     os.fsync(f.fileno())
             for file in (tmp / ADAPTER_DIR).iterdir():
@@ -413,8 +414,9 @@ class RunDir:
     def restore(self, trainer: DistillTrainer, rank: int = 0, world_size: int = 1) -> dict | None:
         """Load the latest checkpoint into `trainer` (adapter weights + resume state), drop
         metrics rows logged after it, and return its `extra` (None for a fresh run). Under
-        torchrun every rank restores; rank `rank` takes its own RNG states from ranks.pt, and
-        a checkpoint saved by another number of processes is refused (not exact)."""
+        torchrun every rank restores; rank `rank` takes its own RNG states (and fsdp optimizer
+        shard) from ranks.pt, and a checkpoint saved by another number of processes is refused
+        (not exact)."""
         row = self.latest_checkpoint()
         if self.writer:
             for name in (METRICS_FILE, TRANSCRIPTS_FILE, TRAINED_FILE):
@@ -422,24 +424,24 @@ class RunDir:
         if row is None:
             return None
         folder = self._inside(row["path"])
-        trainer.load_adapter(folder / ADAPTER_DIR)
         with torch.serialization.safe_globals(_STATE_GLOBALS):
             state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        trainer.load_resume_state(state)
-        if trainer.step != row["step"]:
-            raise RuntimeError(f"{folder}: state step {trainer.step} != listed step {row['step']}")
-        ranks = [state["rng"]]
+        ranks: list[dict] = [{"rng": state["rng"], "optimizer": None}]
         if (folder / RANKS_FILE).is_file():
             with torch.serialization.safe_globals(_STATE_GLOBALS):
                 ranks = torch.load(folder / RANKS_FILE, map_location="cpu", weights_only=True)
-        if len(ranks) != world_size:
+        if len(ranks) != world_size:  # before anything is loaded into the trainer
             raise RunConfigMismatch(
                 f"{folder} was saved by {len(ranks)} training process(es) and is resumed by "
                 f"{world_size}: resume with torchrun --nproc_per_node {len(ranks)} (each rank's "
                 "share of a step and its RNG state are part of the checkpoint)")
-        from distill.trainer import set_rng_state
-
-        set_rng_state(ranks[rank])
+        trainer.load_adapter(folder / ADAPTER_DIR)
+        trainer.load_resume_state(state)
+        if trainer.step != row["step"]:
+            raise RuntimeError(f"{folder}: state step {trainer.step} != listed step {row['step']}")
+        mine = ranks[rank]
+        # ranks.pt before fsdp held each rank's bare RNG states
+        trainer.load_rank_state(mine if "rng" in mine else {"rng": mine, "optimizer": None})
         return {k: v for k, v in row.items() if k not in _RESERVED}
 
     # ---------------------------------------------------------------- internals

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -150,6 +151,9 @@ class RunConfig:
     data_parallel: int = opt(1, "vLLM data parallelism (engine replicas) of the policy server")
     server_devices: str | None = opt(None, "CUDA devices of the policy server, e.g. '1' or "
                                      "'2,3' (default: the trainer's, colocated)")
+    fsdp: bool = opt(False, "under torchrun: shard the decoder's weights, LoRA gradients and "
+                     "optimizer state over the ranks (torch FSDP2) instead of a whole copy "
+                     "per rank; the policy then syncs by LoRA (distill/fsdp.py)")
     # Collapse guard (distill/guard.py). 0.5 on length is the issue's own collapse line
     # (answers within half the base's length): GSM8K OPHSD fell to 0.04x its start and lost
     # 0.26 accuracy, gold SFT on terse references to 0.43x and lost 0.20, while SSOPD held
@@ -355,6 +359,17 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                     f"{cfg.lora_r}: pass --lora-r {rank}")
     if cfg.gpu_memory_utilization is not None and not 0 < cfg.gpu_memory_utilization <= 1:
         p.error("--gpu-memory-utilization must be in (0, 1]")
+    if cfg.fsdp:
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))
+        if ranks < 2:
+            p.error("--fsdp shards the model over the processes torchrun starts, and this is "
+                    f"{ranks} process: launch with torchrun --nproc_per_node N (N >= 2), or "
+                    "drop --fsdp")
+        if cfg.sync == "merged":
+            p.error("--fsdp keeps the base weights sharded, and --sync merged would gather the "
+                    "whole model on one rank: use --sync lora (or auto)")
+        if cfg.teacher == "ema":
+            p.error("--fsdp does not support --teacher ema: use live or frozen")
     if cfg.tensor_parallel < 1 or cfg.data_parallel < 1:
         p.error("--tensor-parallel and --data-parallel must be >= 1")
     if cfg.max_model_len is not None and cfg.max_model_len < cfg.max_len:

@@ -45,10 +45,15 @@ def world() -> World:
 
 def init_from_env() -> World:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the
-    environment); a plain `python` process stays alone."""
+    environment); a plain `python` process stays alone. On CUDA each rank takes the GPU of
+    its LOCAL_RANK first, so that "cuda" (the trainer's device) is its own GPU, not GPU 0
+    for every rank (not yet run on GPUs: README, Scaling)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "nccl"
         dist.init_process_group(backend=backend)
     return world()
 
@@ -65,6 +70,15 @@ def sum_over_ranks(values: Sequence[float]) -> list[float]:
     buf = torch.tensor(list(values), dtype=torch.float64)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.tolist()
+
+
+def max_over_ranks(values: Sequence[int]) -> list[int]:
+    """Element-wise maximum over ranks (each rank passes the same number of values)."""
+    if world().size == 1:
+        return list(values)
+    buf = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return [int(v) for v in buf.tolist()]
 
 
 def any_rank(flag: bool) -> bool:

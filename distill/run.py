@@ -65,7 +65,7 @@ from distill.guard import CollapseGuard, healthy_checkpoint
 from distill.loop import collect
 from distill.losses import LossConfig
 from distill.methods import get_method
-from distill.trainer import DistillTrainer, TrainerConfig, rng_state
+from distill.trainer import DistillTrainer, TrainerConfig
 from evals.bank import task_bank
 from evals.metrics import held_out
 from evals.run import results_table
@@ -130,13 +130,14 @@ class Run:
         return self.server.model_name
 
 
-def resolve_sync(sync: str, api_base: str | None) -> str:
+def resolve_sync(sync: str, api_base: str | None, fsdp: bool = False) -> str:
     """"auto": merged weights on CPU (vLLM's CPU LoRA kernels run 4-5x slower than the plain
-    model, measured in benchmarks/serving.py), a LoRA adapter on GPU and external servers."""
+    model, measured in benchmarks/serving.py), a LoRA adapter on GPU, external servers and
+    under --fsdp (whose base weights stay sharded: distill/fsdp.py)."""
     if sync == "auto":
         from scaffold.server import cuda_available
 
-        return "lora" if api_base or cuda_available() else "merged"
+        return "lora" if api_base or fsdp or cuda_available() else "merged"
     if sync not in ("lora", "merged"):
         raise ValueError(f"--sync must be auto, lora or merged, got {sync!r}")
     return sync
@@ -150,7 +151,7 @@ def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerCo
                          total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                          micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
                          loss=loss, seed=cfg.seed, skip_first_tokens=cfg.skip_first_tokens,
-                         attention=cfg.attention)
+                         attention=cfg.attention, fsdp=cfg.fsdp)
 
 
 def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequence[Item],
@@ -243,11 +244,11 @@ def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequenc
                 if isinstance(v, int | float):
                     writer.add_scalar(k, v, step + 1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            rngs = gather(rng_state()) if w.size > 1 else None
+            ranks = gather(trainer.rank_state()) if w.size > 1 else None
             if w.main:
                 run_dir.save_checkpoint(step + 1, trainer, {
                     "cursor": cursor.to_dict(), "gold_cursor": gold_cursor.to_dict(),
-                    "loop_step": step + 1}, rank_rng=rngs)
+                    "loop_step": step + 1}, ranks=ranks)
             barrier()  # a crash now resumes every rank from the same checkpoint
         alarm = guard.postfix()
         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}",
@@ -439,7 +440,7 @@ def main(cfg: RunConfig) -> dict:
 
         writer = SummaryWriter(str(run_dir.path / "tensorboard"))
 
-    sync_mode = resolve_sync(cfg.sync, cfg.api_base)
+    sync_mode = resolve_sync(cfg.sync, cfg.api_base, cfg.fsdp)
     with ExitStack() as stack:
         started = None  # rank 0 starts (or reaches) the server; the other ranks share it
         if w.main:

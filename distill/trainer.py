@@ -38,7 +38,14 @@ import psutil
 import torch
 
 from distill.attention import ATTENTION
-from distill.distributed import any_rank, sum_gradients, sum_over_ranks, world
+from distill.distributed import any_rank, max_over_ranks, sum_gradients, sum_over_ranks, world
+from distill.fsdp import (
+    gather_full,
+    load_full,
+    load_local_optimizer_state,
+    local_optimizer_state,
+    shard_decoder,
+)
 from distill.losses import NO_MASS, LossConfig, chunked_distill_loss, chunked_nll
 from distill.shared_prefix import PrefixKV, suffix_hidden
 from distill.splicing import (
@@ -117,6 +124,10 @@ class TrainerConfig:
     # "float32": peft's default, every LoRA input cast to fp32 and every output back.
     lora_compute: str = "auto"
     device: str = "auto"  # "auto": cuda if available, else cpu
+    # Shard the decoder over torchrun's ranks with FSDP2 (distill/fsdp.py says what is
+    # sharded and what changes: no shared prefix, LoRA-only weight export, per-rank optimizer
+    # shards); False: every rank holds the whole model (distill/distributed.py).
+    fsdp: bool = False
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -224,6 +235,15 @@ class DistillTrainer:
             raise ValueError(f"lora_compute must be auto or float32, got {cfg.lora_compute!r}")
         self._bf16_lora = self.dtype == torch.bfloat16 and cfg.lora_compute == "auto"
         self.pad_id = _pad_id(tokenizer, self.base.config)
+        if cfg.fsdp:  # before the parameters are collected: sharding replaces them
+            if world().size < 2:
+                raise ValueError("fsdp shards the model over the ranks torchrun starts: launch "
+                                 "with torchrun --nproc_per_node N (N >= 2), or leave it off")
+            if cfg.teacher == "ema":
+                raise ValueError("fsdp does not support an EMA teacher (peft's set_adapter "
+                                 "flips requires_grad on sharded parameters): use a live or "
+                                 "frozen teacher")
+            shard_decoder(self.decoder, self.device, world().size)
 
         self._live_params = {
             n: p
@@ -250,6 +270,8 @@ class DistillTrainer:
             betas=tuple(cfg.betas),
             weight_decay=cfg.weight_decay,
         )
+        # under fsdp: the LoRA weights whole, gathered after every step (distill/fsdp.py)
+        self._full_live = gather_full(self._live_params) if cfg.fsdp else None
         self._step = 0
         self._merged_file: Path | None = None  # written whole by this trainer (save_merged)
         # per pair index of the last train_step's `inspect`: what each side said per token
@@ -428,6 +450,10 @@ class DistillTrainer:
         t0 = time.perf_counter()
         teacher_hs: list[torch.Tensor | None] = [None] * len(micro)
         forward = [k for k, idx in enumerate(micro) if needs(idx[0]) == 2]
+        # FSDP gathers each layer's weights in every forward and reduces its gradients in
+        # every backward, as collectives: every rank must run as many passes as the busiest
+        # one, so a rank with fewer (or no) pairs pads with one-token passes of no weight
+        passes = max_over_ranks([len(forward), len(micro)]) if self.cfg.fsdp else None
         if forward:
             rows = [pairs[i] for k in forward for i in micro[k]]
             teacher_prefix = self._prefix(rows, "teacher", grad=False)
@@ -438,6 +464,11 @@ class DistillTrainer:
                                                           batches[k], "teacher", teacher_prefix)
             if teacher_prefix is not None:
                 teacher_prefix.release()
+        if passes:
+            self.model.eval()
+            with torch.no_grad(), self.teacher_weights():
+                for _ in range(passes[0] - len(forward)):
+                    self._idle_pass()
         t_teacher = time.perf_counter() - t0
         t0 = time.perf_counter()
         student_prefix = self._prefix(pairs, "student", grad=True, length=shared)
@@ -502,8 +533,9 @@ class DistillTrainer:
             micro_loss = float(loss.detach())
             if not math.isfinite(micro_loss):
                 nonfinite = True
-                t_student += time.perf_counter() - t1
-                break
+                if not self.cfg.fsdp:  # under FSDP every pass still runs (the step is skipped)
+                    t_student += time.perf_counter() - t1
+                    break
             (loss / total_tokens).backward()
             t_student += time.perf_counter() - t1
             loss_sum += micro_loss
@@ -511,6 +543,10 @@ class DistillTrainer:
                 stat_sums[key] += float(stats.get(key, 0.0))
 
         t0 = time.perf_counter()
+        if passes:
+            self.model.train()
+            for _ in range(passes[1] - len(micro)):
+                (self._idle_pass().sum() * 0.0).backward()
         if student_prefix is not None:
             if nonfinite:
                 student_prefix.release()
@@ -522,7 +558,8 @@ class DistillTrainer:
         grad_norm = float("nan")
         nonfinite = any_rank(nonfinite)  # one rank's overflow skips the step on all
         if not nonfinite:
-            sum_gradients(params)
+            if not self.cfg.fsdp:  # FSDP has summed them in its reduce-scatter
+                sum_gradients(params)
             max_norm = self.cfg.max_grad_norm
             clip_to = max_norm if max_norm is not None and max_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
@@ -543,6 +580,8 @@ class DistillTrainer:
         else:
             self.optimizer.step()
             self._update_ema()
+        if self.cfg.fsdp:
+            self._full_live = gather_full(self._live_params)
         t_optim = time.perf_counter() - t0
         self._step += 1
 
@@ -608,13 +647,20 @@ class DistillTrainer:
         with torch.no_grad(), self.teacher_weights(), self.compute():
             return PrefixKV(self.decoder, rows[0][:n], grad=False)
 
+    def _idle_pass(self) -> torch.Tensor:
+        """A forward of one padding token: under FSDP, a rank's turn in a pass its own
+        share of the step does not need (its output only ever gets weight 0)."""
+        one = torch.full((1, 1), self.pad_id, dtype=torch.long, device=self.lm_head.weight.device)
+        return self.last_hidden(one, torch.ones_like(one))
+
     def _shared_len(self, pairs: list[SplicedPair], side: str) -> int:
         """Length of the prefix `_prefix` would compute once for `side` (0: none)."""
         # Not with an EMA teacher: peft's set_adapter flips requires_grad on the live adapter,
         # and the student's prefix graph lives across that switch (its gradients came out
         # wrong in tests/test_shared_prefix.py); the plain path is exact there.
+        # Nor under fsdp: the prefix's backward reaches layers FSDP has resharded (fsdp.py).
         if not pairs or not self.cfg.share_prefix or self.cfg.gradient_checkpointing or \
-                self.cfg.teacher == "ema":
+                self.cfg.teacher == "ema" or self.cfg.fsdp:
             return 0
         n = shared_prefix_len([getattr(p, f"{side}_ids") for p in pairs],
                               [getattr(p, f"{side}_prompt_len") for p in pairs])
@@ -651,13 +697,16 @@ class DistillTrainer:
         if adapter not in (LIVE_ADAPTER, EMA_ADAPTER):
             raise ValueError(f"unknown adapter {adapter!r}")
         params = self._live_params if adapter == LIVE_ADAPTER else self._ema_params
+        if adapter == LIVE_ADAPTER and self._full_live is not None:
+            params = self._full_live
         return {n: p.detach().clone() for n, p in params.items()}
 
     def save_adapter(self, directory: str | Path) -> None:
         """Write the LIVE adapter as peft does (adapter_config.json + adapter_model.safetensors):
         a folder vLLM's /v1/load_lora_adapter and `PeftModel.from_pretrained` load."""
+        whole = {} if self._full_live is None else {"state_dict": self._full_live}
         self.model.save_pretrained(
-            str(directory), selected_adapters=[LIVE_ADAPTER], safe_serialization=True
+            str(directory), selected_adapters=[LIVE_ADAPTER], safe_serialization=True, **whole
         )
 
     @torch.no_grad()
@@ -667,6 +716,10 @@ class DistillTrainer:
         lost to bf16 twice."""
         from peft.tuners.lora import LoraLayer
 
+        if self.cfg.fsdp:
+            raise RuntimeError("under fsdp the base weights stay sharded: a merged copy would "
+                               "gather the whole model on one rank; sync the policy by LoRA "
+                               "(--sync lora)")
         with torch.no_grad():
             for name, module in self.base.named_modules():
                 if isinstance(module, LoraLayer) and LIVE_ADAPTER in module.lora_A:
@@ -745,6 +798,9 @@ class DistillTrainer:
         from safetensors.torch import load_file
 
         weights = load_file(str(Path(directory) / "adapter_model.safetensors"))
+        if self.cfg.fsdp:
+            self._load_adapter_sharded(directory, weights)
+            return
         result = set_peft_model_state_dict(self.model, weights, adapter_name=LIVE_ADAPTER)
         missing = [k for k in result.missing_keys if f".{LIVE_ADAPTER}." in k]
         if missing or result.unexpected_keys:
@@ -753,19 +809,54 @@ class DistillTrainer:
                 f"unexpected {list(result.unexpected_keys)[:3]}"
             )
 
+    def _load_adapter_sharded(self, directory: str | Path, weights: dict[str, torch.Tensor]) -> None:
+        """`load_adapter` under fsdp: peft's file names a weight without the adapter's name
+        (``...q_proj.lora_A.weight`` for ``...q_proj.lora_A.default.weight``); every rank
+        keeps its shard of each."""
+        by_file = {n.replace(f".{LIVE_ADAPTER}.", "."): n for n in self._live_params}
+        missing = sorted(set(by_file) - set(weights))
+        unexpected = sorted(set(weights) - set(by_file))
+        if missing or unexpected:
+            raise RuntimeError(f"adapter at {directory} does not match this model: missing "
+                               f"{missing[:3]}, unexpected {unexpected[:3]}")
+        values = {by_file[k]: v for k, v in weights.items()}
+        load_full(self._live_params, values)
+        self._full_live = {n: values[n].to(dtype=p.dtype, device=p.device).clone()
+                           for n, p in self._live_params.items()}
+
     def state_dict_for_resume(self) -> dict:
         """Everything beyond the adapter weights needed to continue bit-for-bit: optimizer
-        state, step counter, RNG states (python, numpy, torch) and the EMA adapter."""
+        state, step counter, RNG states (python, numpy, torch) and the EMA adapter. Under
+        fsdp the optimizer state is each rank's own shard: `rank_state`, not here."""
         return {
             "step": self._step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.cfg.fsdp else self.optimizer.state_dict(),
             "rng": rng_state(),
             "ema": self.adapter_state(EMA_ADAPTER) if self._ema_params else None,
         }
 
+    def rank_state(self) -> dict:
+        """What differs between torchrun's ranks and a resume restores on each: its RNG
+        states and, under fsdp, its shard of the optimizer state."""
+        return {"rng": rng_state(),
+                "optimizer": local_optimizer_state(self.optimizer) if self.cfg.fsdp else None}
+
+    def load_rank_state(self, state: dict) -> None:
+        """Inverse of `rank_state`, on the same rank (after `load_resume_state`)."""
+        if (state.get("optimizer") is None) == self.cfg.fsdp:
+            raise ValueError("the checkpoint and this trainer disagree on fsdp: resume with "
+                             "the run's own --fsdp setting")
+        if self.cfg.fsdp:
+            load_local_optimizer_state(self.optimizer, state["optimizer"])
+        set_rng_state(state["rng"])
+
     def load_resume_state(self, state: dict) -> None:
         """Inverse of `state_dict_for_resume` (load the adapter weights separately)."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        elif not self.cfg.fsdp:
+            raise ValueError("this checkpoint's optimizer state is sharded (an fsdp run): "
+                             "resume with --fsdp under the same torchrun process count")
         self._step = int(state["step"])
         set_rng_state(state["rng"])
         ema = state.get("ema")

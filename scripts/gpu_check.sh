@@ -44,6 +44,13 @@ echo "[gpu-check] benchmarks/distill_step.py ($(left) s left)"
 timeout "$(left)" $PY benchmarks/distill_step.py "${BENCH_ARGS[@]}" \
     --out "$OUT/distill_step.json" 2>&1 | tail -n 25 || echo "[gpu-check] step benchmark stopped"
 
+if (( DRY == 0 )) && (( $(nvidia-smi -L | wc -l) >= 2 )) && (( $(left) > 120 )); then
+    # two GPUs: the sharded step (--fsdp) beside the whole-model one, NCCL, one GPU a rank
+    echo "[gpu-check] benchmarks/fsdp_step.py on 2 GPUs ($(left) s left)"
+    timeout "$(left)" $PY benchmarks/fsdp_step.py --steps 2 --warmup 1 \
+        --out "$OUT/fsdp_step.json" 2>&1 | tail -n 8 || echo "[gpu-check] fsdp step stopped"
+fi
+
 echo "[gpu-check] summary"
 $PY - "$OUT/run" "$MODEL" <<'PY'
 """Step time, tokens/s, peak GPU memory and MFU of the demo run's steps (after the first)."""

@@ -81,3 +81,17 @@ def test_sync_every_must_divide_checkpoint_every(capsys):
     still served an older one."""
     assert "must divide --checkpoint-every 4" in error_of(["--sync-every", "3"], capsys)
     assert parse_args(["--sync-every", "2"]).sync_every == 2
+
+
+def test_fsdp_needs_torchrun_ranks_and_a_lora_sync(capsys, monkeypatch):
+    """--fsdp shards over torchrun's ranks, so one process is refused; its base weights stay
+    sharded, so a merged sync is refused and auto resolves to LoRA hot-load."""
+    from distill.run import resolve_sync
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert "torchrun --nproc_per_node N" in error_of(["--fsdp"], capsys)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "use --sync lora" in error_of(["--fsdp", "--sync", "merged"], capsys)
+    assert "--teacher ema" in error_of(["--fsdp", "--teacher", "ema"], capsys)
+    assert parse_args(["--fsdp"]).fsdp
+    assert resolve_sync("auto", None, fsdp=True) == "lora"

@@ -123,6 +123,100 @@ def test_launched_ranks_take_the_one_process_step(launcher, tiny_model_dir, tmp_
     assert_step_matches_one_process(tmp_path, tiny_model_dir)
 
 
+# ---------------------------------------------------------------------------- FSDP
+
+
+def prefix_pairs() -> list:
+    """make_pairs()'s teachers and responses after student prompts that share 6 tokens: the
+    one-process step computes that prefix once (min_shared_prefix=1), an FSDP rank does
+    not (distill/fsdp.py)."""
+    from distill.splicing import splice
+
+    shared = [1, 2, 3, 4, 5, 6]
+    return [splice(shared + p.student_ids[:p.student_prompt_len],
+                   p.teacher_ids[:p.teacher_prompt_len], p.response_ids) for p in make_pairs()]
+
+
+FSDP_SHARES = ([0, 1, 2], [3])  # uneven: rank 1 pads its passes with idle ones
+FSDP_STEP2 = ([0, 1, 2], [])  # rank 1 has nothing: every pass of its step is idle
+
+
+def fsdp_rank(rank: int, model_dir: str, port: int, out: str) -> None:
+    """Two steps on this rank's share with the decoder sharded, then a trainer restored
+    from the state after step 1 retakes step 2."""
+    import os
+
+    import torch.distributed as dist
+
+    from distill.distributed import init_from_env
+    from distill.fsdp import is_sharded, sharded_fraction
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    w = init_from_env()
+    try:
+        def build():
+            return make_trainer(model_dir, micro_batch_size=1, max_grad_norm=0.05, fsdp=True)
+
+        trainer, pairs = build(), prefix_pairs()
+        stats = trainer.train_step([pairs[i] for i in FSDP_SHARES[w.rank]])
+        named = dict(trainer.model.named_parameters())
+        result = {"held": sharded_fraction(trainer.decoder.parameters()),
+                  "head_sharded": is_sharded(trainer.lm_head.weight),
+                  "stats": stats, "adapter": trainer.adapter_state(),
+                  "grads": {n: named[n].grad.full_tensor() for n in trainer.adapter_state()}}
+        adapter = Path(out) / f"adapter{w.rank}"
+        trainer.save_adapter(adapter)
+        state, mine = trainer.state_dict_for_resume(), trainer.rank_state()
+        share2 = [pairs[i] for i in FSDP_STEP2[w.rank]]
+        result["stats2"] = trainer.train_step(share2)
+        result["adapter2"] = trainer.adapter_state()
+        resumed = build()
+        resumed.load_adapter(adapter)
+        resumed.load_resume_state(state)
+        resumed.load_rank_state(mine)
+        resumed.train_step(share2)
+        result["resumed2"] = resumed.adapter_state()
+        torch.save(result, Path(out) / f"rank{w.rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_ranks_take_the_one_process_step_and_resume_exactly(tiny_model_dir, tmp_path):  # noqa: F811
+    """With --fsdp each rank holds half of the decoder's weights (the head stays whole);
+    the step on uneven shares (3 pairs and 1, then 3 and none) equals one process's step
+    on all of them, computed with the shared prefix; and a trainer restored from the
+    adapter, the resume state and the rank's optimizer shard retakes step 2 bit for bit."""
+    mp.spawn(fsdp_rank, args=(tiny_model_dir, free_port(), str(tmp_path)), nprocs=WORLD,
+             join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = make_trainer(tiny_model_dir, micro_batch_size=1, max_grad_norm=0.05,
+                          min_shared_prefix=1)
+    pairs = prefix_pairs()
+    stats = single.train_step(pairs)
+    assert stats["shared_prefix_tokens"] >= 6  # the reference did share the prefix
+    expected_grads, expected = grads(single), single.adapter_state()
+    stats2 = single.train_step([pairs[i] for i in FSDP_STEP2[0]])
+    expected2 = single.adapter_state()
+
+    assert sum(r["held"] for r in ranks) == pytest.approx(1.0)
+    assert all(r["held"] < 0.6 for r in ranks) and not ranks[0]["head_sharded"]
+    for got in ranks:
+        for key in ("loss", "kl", "grad_norm"):
+            assert got["stats"][key] == pytest.approx(stats[key], rel=1e-5), key
+            assert got["stats"]["shared_prefix_tokens"] == 0
+            assert got["stats2"][key] == pytest.approx(stats2[key], rel=1e-5), key
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-7)
+        for name in expected:  # the bound of the launched tests above, for Adam's rounding
+            torch.testing.assert_close(got["adapter"][name], expected[name], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got["adapter2"][name], expected2[name], rtol=1e-4,
+                                       atol=1e-5)
+            assert torch.equal(got["resumed2"][name], got["adapter2"][name])
+    for name in expected:
+        assert torch.equal(ranks[0]["adapter2"][name], ranks[1]["adapter2"][name])
+
+
 # ---------------------------------------------------------------------------- distill.run's loop
 
 
@@ -156,7 +250,8 @@ def fake_loop_run(steps: int, rank_of_shard: int | None):
                                 sync=lambda trainer, step: None), fake_collect
 
 
-def loop_rank(rank: int, model_dir: str, port: int, out: str, steps: int) -> None:
+def loop_rank(rank: int, model_dir: str, port: int, out: str, steps: int,
+              fsdp: bool = False) -> None:
     import os
 
     import torch.distributed as dist
@@ -171,7 +266,7 @@ def loop_rank(rank: int, model_dir: str, port: int, out: str, steps: int) -> Non
     try:
         cfg, fake, fake_collect = fake_loop_run(steps, rank)
         run_mod.collect = fake_collect  # a spawned process of its own: nothing to restore
-        trainer = make_trainer(model_dir)
+        trainer = make_trainer(model_dir, fsdp=fsdp)
         run_mod.train(fake, trainer, run_mod.open_run_dir(replace_out(cfg, out), w), dataset())
         torch.save(trainer.adapter_state(), Path(out) / f"rank{rank}.pt")
     finally:
@@ -193,19 +288,22 @@ def assert_ranks_match(folder, reference) -> None:
         assert torch.equal(ranks[0][name], ranks[1][name])
 
 
-def test_two_ranks_run_the_loop_and_resume_like_one_process(tiny_model_dir, tmp_path,  # noqa: F811
+@pytest.mark.parametrize("fsdp", [False, True], ids=["whole", "fsdp"])
+def test_two_ranks_run_the_loop_and_resume_like_one_process(fsdp, tiny_model_dir, tmp_path,  # noqa: F811
                                                             monkeypatch):
     """distill.run.train under 2 gloo ranks (each collecting its share, one share empty at
     step 2) against one process on the whole batches: the same adapter, rank 0 writing each
     step's metrics once and every rank's pairs to trained.jsonl; then both ranks resume
-    from the checkpoint (ranks.pt restores each rank's RNG) and match 4 straight steps."""
+    from the checkpoint (ranks.pt restores each rank's RNG, and under fsdp its optimizer
+    shard) and match 4 straight steps."""
     import distill.run as run_mod
     from distill.checkpoint import RunConfigMismatch, RunDir, read_run, read_trained
     from tests.test_checkpoint import dataset
 
     two = tmp_path / "two"
     two.mkdir()
-    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 3), nprocs=WORLD, join=True)
+    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 3, fsdp), nprocs=WORLD,
+             join=True)
     cfg, fake, fake_collect = fake_loop_run(3, None)
     monkeypatch.setattr(run_mod, "collect", fake_collect)
     single = make_trainer(tiny_model_dir)
@@ -222,7 +320,8 @@ def test_two_ranks_run_the_loop_and_resume_like_one_process(tiny_model_dir, tmp_
         [(1, 0), (1, 0), (1, 1), (1, 1), (2, 0), (2, 0), (3, 0), (3, 0), (3, 1), (3, 1)])
     assert (two / "run" / "checkpoints" / "step_000003" / "ranks.pt").is_file()
 
-    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 4), nprocs=WORLD, join=True)
+    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 4, fsdp), nprocs=WORLD,
+             join=True)
     cfg4, fake4, _ = fake_loop_run(4, None)
     straight = make_trainer(tiny_model_dir)
     run_mod.train(fake4, straight, RunDir(tmp_path / "one4", cfg4.to_dict()), dataset())

@@ -107,11 +107,13 @@ def test_a_user_harness_trains_and_its_teacher_context_is_in_the_transcript(vllm
     gc.collect()
 
 
-def test_torchrun_two_ranks_share_the_server_and_export(vllm_server, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["whole", "fsdp"])
+def test_torchrun_two_ranks_share_the_server_and_export(fsdp, vllm_server, tmp_path):
     """`torchrun --nproc_per_node 2 -m distill.run` on the real stack: rank 0 reaches the
     session's server (LoRA sync) and broadcasts it, both ranks run the harness on their
     share, rank 0 writes one metrics row per step and every rank's pairs; then
-    distill.export writes both forms from the run."""
+    distill.export writes both forms from the run. With --fsdp the same run shards the
+    decoder over the two ranks, and the adapter it serves is gathered whole."""
     import subprocess
     import sys
 
@@ -124,7 +126,8 @@ def test_torchrun_two_ranks_share_the_server_and_export(vllm_server, tmp_path):
            "--master_port", str(_free_port()), "-m", "distill.run",
            "--program", "draft_verify", "--batch-size", "4", "--bank-size", "150",
            "--steps", "2", "--eval-limit", "0", "--checkpoint-every", "1",
-           "--max-new-tokens", "12", "--api-base", vllm_server.base_url, "--out", str(out)]
+           "--max-new-tokens", "12", "--api-base", vllm_server.base_url, "--out", str(out),
+           *(["--fsdp"] if fsdp else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     record = read_run(out)
@@ -134,6 +137,13 @@ def test_torchrun_two_ranks_share_the_server_and_export(vllm_server, tmp_path):
     assert {r["rank"] for r in trained} == {0, 1} and {r["step"] for r in trained} == {1, 2}
     assert (out / "checkpoints" / "step_000002" / "ranks.pt").is_file()
     assert (out / "final_adapter" / "adapter_config.json").is_file()
+    from safetensors.torch import load_file
+
+    from distill.config import RunConfig
+
+    saved = load_file(out / "final_adapter" / "adapter_model.safetensors")
+    rank = RunConfig().lora_r  # whole LoRA matrices, not one rank's half of them
+    assert saved and all(v.shape[0 if ".lora_A." in k else 1] == rank for k, v in saved.items())
 
     from distill.export import main as export
 
