@@ -53,7 +53,9 @@ def init_from_env() -> World:
         backend = "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            backend = "nccl"
+            # the small reductions below (counts, flags) are CPU tensors: gloo carries them,
+            # NCCL the gradients and FSDP's GPU collectives
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
     return world()
 

@@ -23,6 +23,10 @@ What changes against the data-parallel step (distill.distributed):
   sync and the checkpoint) needs no collective. The LoRA weights are a few percent of the
   model; the base weights are never gathered, so the policy follows the trainer by LoRA
   hot-load only (a merged sync would gather the whole model on one rank).
+- Each rank loads the whole model before sharding it, so loading needs one model's memory
+  per device (meta-device loading is not built).
+- Every forward and backward is a collective: a rank with fewer pairs runs idle passes
+  (DistillTrainer._idle_pass), and `hidden_states` or `load_adapter` must run on every rank.
 - AdamW's state stays sharded: each rank saves and restores its own shard
   (`local_optimizer_state`), so a checkpoint resumes only with the same process count,
   which distill.checkpoint already enforces.
@@ -55,6 +59,9 @@ def shard_decoder(decoder: torch.nn.Module, device: torch.device, world_size: in
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
+            # a LoRA weight without a gradient on one rank (a module its rows never reach)
+            # still joins the reduce-scatter, as zeros: otherwise the ranks' collectives differ
+            module.set_reduce_scatter_unused_params(True)
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
@@ -71,11 +78,13 @@ def gather_full(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def load_full(params: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
-    """Copy whole tensors into (possibly sharded) parameters: each rank keeps its shard."""
+    """Copy whole tensors into (possibly sharded) parameters: each rank keeps its shard of
+    its own copy (every rank read the same file), so no data moves between ranks."""
     for name, param in params.items():
         value = values[name].to(device=param.device, dtype=param.dtype)
         if is_sharded(param):
-            value = distribute_tensor(value, param.device_mesh, param.placements)
+            value = distribute_tensor(value, param.device_mesh, param.placements,
+                                      src_data_rank=None)
         param.copy_(value)
 
 
@@ -87,9 +96,13 @@ def local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 
 
 def _plain_copy(value: object) -> object:
+    """On the CPU: rank 0 gathers every rank's shard for the checkpoint, and a CUDA tensor
+    would unpickle there onto the GPU of the rank that sent it."""
     if is_sharded(value):
-        return value.to_local().clone()
-    return value.clone() if isinstance(value, torch.Tensor) else value  # Adam's step counts
+        return value.to_local().detach().cpu().clone()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()  # Adam's step counts
+    return value
 
 
 def load_local_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
