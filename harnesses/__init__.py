@@ -16,13 +16,14 @@ import dspy
 from harnesses.base import Bare, chat_step, task_prefill
 from harnesses.draft_verify import DraftVerify
 from harnesses.plan_solve import PlanSolve
+from harnesses.precedent_solve import PrecedentSolve
 from harnesses.program_solve import ProgramSolve
 from harnesses.self_consistency import SelfConsistency
 from scaffold.errors import ScaffoldError
 from scaffold.types import TaskContract
 from scaffold.user_code import UserCodeError, import_object
 
-__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "ProgramSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
+__all__ = ["HARNESSES", "Bare", "DraftVerify", "PlanSolve", "PrecedentSolve", "ProgramSolve", "ProgramSpecError", "SelfConsistency", "build_harness", "chat_step",
            "load_program", "needs_index", "register", "task_prefill"]
 
 HARNESSES: dict[str, Callable[..., dspy.Module]] = {
@@ -31,8 +32,12 @@ HARNESSES: dict[str, Callable[..., dspy.Module]] = {
     "plan_solve": lambda task, index=None, **kw: PlanSolve(task, **kw),
     "self_consistency": lambda task, index=None, **kw: SelfConsistency(task, **kw),
     "program_solve": lambda task, index=None, **kw: ProgramSolve(task, **kw),
+    # program_solve with the nearest training problems' solutions as worked programs
+    "program_precedents": lambda task, index=None, **kw: ProgramSolve(
+        task, index=index, **{"precedents": 4, **kw}),
+    "precedent_solve": lambda task, index=None, **kw: PrecedentSolve(task, index, **kw),
 }
-NEEDS_INDEX = {"draft_verify"}
+NEEDS_INDEX = {"draft_verify", "program_precedents", "precedent_solve"}
 
 
 def register(name: str, factory: Callable[..., dspy.Module], needs_index: bool = False) -> None:

@@ -1,5 +1,6 @@
 """Harness programs on a scripted LM: prompts, gating, fallbacks, traces, the executor."""
 
+import json
 import threading
 import time
 
@@ -446,3 +447,97 @@ def test_program_solve_falls_back_to_the_bare_prompt_when_no_program_prints(tmp_
         ["12", "1200", "3.5", None]
     with pytest.raises(ValueError, match="math tasks"):
         build_harness("program_solve", get_task("classification:train.csv,test.csv"))
+
+
+def test_annotated_program_turns_calculations_into_steps_that_print_the_answer():
+    from harnesses.program_solve import annotated_program
+
+    steps = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+             "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.")
+    assert annotated_program(steps, "72") == (
+        "# Natalia sold 48/2 = 24 clips in May.\nstep1 = 48/2\n"
+        "# Natalia sold 48+24 = 72 clips altogether in April and May.\nstep2 = 48+step1\n"
+        "print(step2)")
+    assert annotated_program(steps, "71") is None  # it would not print the gold answer
+    assert annotated_program("It costs <<open('x')=1>>1.", "1") is None  # not arithmetic
+    assert annotated_program("No calculation here.", "3") is None
+
+
+def test_program_precedents_shows_the_nearest_training_solutions_as_programs(tmp_path,
+                                                                           monkeypatch):
+    """The Program request shows the nearest training problems (never the question itself)
+    with their annotated solutions as programs, most similar last; a precedent whose
+    solution does not convert is passed over."""
+    rows = [{"question": "Ann has 3 apples and buys 4 more. How many apples?",
+             "answer": "3+4 = <<3+4=7>>7 apples.\n#### 7"},
+            {"question": "Ann has 3 apples and buys 5 more apples. How many apples now?",
+             "answer": "Ann has 3+5 = <<3+5=8>>8.\nDoubled: <<8*2=16>>16.\n#### 16"},
+            {"question": "Ann has 3 apples and buys 6 more apples. How many apples?",
+             "answer": "Nothing to compute.\n#### 9"},
+            {"question": "A train goes 60 miles an hour for 2 hours. How far?",
+             "answer": "60*2 = <<60*2=120>>120 miles.\n#### 120"}]
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps(
+        {"question": "Bob has 2 pears and buys 2 more. How many pears?", "answer": "#### 4"}))
+    task = get_task("gsm8k", data_root=tmp_path)
+    train = task.load("train")
+    bank = PrecedentIndex.build([e.id for e in train], [e.question for e in train],
+                                [None] * len(train), HashingEmbedder(), progress=False)
+    # a training question: its own solution must not be shown
+    example = next(e for e in train if "buys 4 more" in e.question)
+
+    def respond(messages):
+        if messages[-1]["content"] == "```python\n":
+            return "print(3 + 4)```"
+        return "3 + 4 = 7. The answer is 7."
+
+    program = build_harness("program_precedents", task, index=bank, precedents=2)
+    pred, tr, lm = run(program, example, respond)
+    prompt = lm.requests[0][0]["content"]
+    assert "How many apples?\n```" not in prompt.split("Problem: ")[-2]  # not itself
+    assert "buys 6 more" not in prompt  # no program in its solution: passed over
+    shown = [block.split("\n")[0] for block in prompt.split("Problem: ")[1:]]
+    assert shown[-1] == example.question and len(shown) == 3
+    assert "buys 5 more" in shown[1]  # the most similar precedent right before the problem
+    assert "step2 = step1*2\nprint(step2)" in prompt
+    assert pred.result == "7" and tr.step_names() == ["write", "solve"]
+    with pytest.raises(ValueError, match="precedent index"):
+        build_harness("program_solve", task, precedents=2)
+
+
+def test_precedent_solve_shows_the_nearest_solved_problems_before_the_question(tmp_path):
+    """One request: the student's prompt with the nearest training problems (never the
+    question itself; none without a solution) and their reference solutions as evidence,
+    most similar last; that request is the OPHSD teacher's context."""
+    rows = [{"question": "Ann has 3 apples and buys 4 more. How many apples?",
+             "answer": "3+4 = <<3+4=7>>7 apples.\n#### 7"},
+            {"question": "Ann has 3 apples and buys 5 more apples. How many apples now?",
+             "answer": "She has 3+5 = <<3+5=8>>8 apples.\n#### 8"},
+            {"question": "A train goes 60 miles an hour for 2 hours. How far?",
+             "answer": "60*2 = <<60*2=120>>120 miles.\n#### 120"}]
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps(
+        {"question": "Bob has 2 pears and buys 2 more. How many pears?", "answer": "#### 4"}))
+    task = get_task("gsm8k", data_root=tmp_path)
+    train = task.load("train")
+    bank = PrecedentIndex.build([e.id for e in train], [e.question for e in train],
+                                [None] * len(train), HashingEmbedder(), progress=False)
+    example = next(e for e in train if "buys 4 more" in e.question)
+
+    pred, tr, lm = run(build_harness("precedent_solve", task, index=bank, k=2), example,
+                       lambda messages: "3 + 4 = 7. The answer is \\boxed{7}.")
+    evidence = ("Solved problems similar to the one below:\n\n"
+                "Problem: A train goes 60 miles an hour for 2 hours. How far?\n"
+                "Solution: 60*2 = 120 miles.\n\nThe answer is \\boxed{120}.\n\n"
+                "Problem: Ann has 3 apples and buys 5 more apples. How many apples now?\n"
+                "Solution: She has 3+5 = 8 apples.\n\nThe answer is \\boxed{8}.")
+    assert lm.requests == [task.student_messages(example, evidence=evidence)]
+    assert pred.answer == task.parse("\\boxed{7}") and tr.step_names() == ["solve"]
+    from distill.teacher import from_trace
+
+    tc = from_trace(tr, task.student_messages(example))
+    assert tc.messages == lm.requests[0] and not tc.fallback
+    with pytest.raises(ValueError, match="precedent index"):
+        build_harness("precedent_solve", task)

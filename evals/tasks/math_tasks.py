@@ -152,8 +152,12 @@ class GSM8KTask(MathTask):
 
     def _to_example(self, row: Row, split: str) -> Example:
         question = strip_text(row.data.get("question"), "question")
-        solution, answer = split_gsm8k_answer(strip_text(row.data.get("answer"), "answer"))
-        return self._example(row, split, question, answer, solution or None)
+        raw = strip_text(row.data.get("answer"), "answer")
+        solution, answer = split_gsm8k_answer(raw)
+        # the steps with their calculator annotations (<<48/2=24>>): program_solve's
+        # precedents are built from them (harnesses/program_solve.py)
+        return self._example(row, split, question, answer, solution or None,
+                             annotated=raw.rsplit("####", 1)[0].strip())
 
 
 class Math500Task(MathTask):
