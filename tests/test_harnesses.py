@@ -463,6 +463,20 @@ def test_annotated_program_turns_calculations_into_steps_that_print_the_answer()
     assert annotated_program("No calculation here.", "3") is None
 
 
+def gsm8k_with_bank(root, rows: list[dict]):
+    """A GSM8K task over `rows` as its train split (and one other test item), its train
+    examples and their precedent index."""
+    (root / "gsm8k").mkdir()
+    (root / "gsm8k" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (root / "gsm8k" / "test.jsonl").write_text(json.dumps(
+        {"question": "Bob has 2 pears and buys 2 more. How many pears?", "answer": "#### 4"}))
+    task = get_task("gsm8k", data_root=root)
+    train = task.load("train")
+    return task, train, PrecedentIndex.build([e.id for e in train], [e.question for e in train],
+                                             [None] * len(train), HashingEmbedder(),
+                                             progress=False)
+
+
 def test_program_precedents_shows_the_nearest_training_solutions_as_programs(tmp_path,
                                                                            monkeypatch):
     """The Program request shows the nearest training problems (never the question itself)
@@ -476,14 +490,7 @@ def test_program_precedents_shows_the_nearest_training_solutions_as_programs(tmp
              "answer": "Nothing to compute.\n#### 9"},
             {"question": "A train goes 60 miles an hour for 2 hours. How far?",
              "answer": "60*2 = <<60*2=120>>120 miles.\n#### 120"}]
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps(
-        {"question": "Bob has 2 pears and buys 2 more. How many pears?", "answer": "#### 4"}))
-    task = get_task("gsm8k", data_root=tmp_path)
-    train = task.load("train")
-    bank = PrecedentIndex.build([e.id for e in train], [e.question for e in train],
-                                [None] * len(train), HashingEmbedder(), progress=False)
+    task, train, bank = gsm8k_with_bank(tmp_path, rows)
     # a training question: its own solution must not be shown
     example = next(e for e in train if "buys 4 more" in e.question)
 
@@ -516,14 +523,7 @@ def test_precedent_solve_shows_the_nearest_solved_problems_before_the_question(t
              "answer": "She has 3+5 = <<3+5=8>>8 apples.\n#### 8"},
             {"question": "A train goes 60 miles an hour for 2 hours. How far?",
              "answer": "60*2 = <<60*2=120>>120 miles.\n#### 120"}]
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps(
-        {"question": "Bob has 2 pears and buys 2 more. How many pears?", "answer": "#### 4"}))
-    task = get_task("gsm8k", data_root=tmp_path)
-    train = task.load("train")
-    bank = PrecedentIndex.build([e.id for e in train], [e.question for e in train],
-                                [None] * len(train), HashingEmbedder(), progress=False)
+    task, train, bank = gsm8k_with_bank(tmp_path, rows)
     example = next(e for e in train if "buys 4 more" in e.question)
 
     pred, tr, lm = run(build_harness("precedent_solve", task, index=bank, k=2), example,
