@@ -477,8 +477,7 @@ def gsm8k_with_bank(root, rows: list[dict]):
                                              progress=False)
 
 
-def test_program_precedents_shows_the_nearest_training_solutions_as_programs(tmp_path,
-                                                                           monkeypatch):
+def test_program_precedents_shows_the_nearest_training_solutions_as_programs(tmp_path):
     """The Program request shows the nearest training problems (never the question itself)
     with their annotated solutions as programs, most similar last; a precedent whose
     solution does not convert is passed over."""
