@@ -57,7 +57,10 @@ def from_trace(trace: Trace, student: Messages, policy: str = "final_request",
         messages = [dict(m) for m in final.messages]
     else:
         messages = []
-        for call in trace.calls[:trace.calls.index(final)]:
+        # a call the harness built (self_consistency's bare winner with a note) is not in
+        # the trace: its request stands alone
+        earlier = trace.calls[:trace.calls.index(final)] if final in trace.calls else []
+        for call in earlier:
             request = [m for m in call.messages if m["role"] != "system"]
             prefill = request[-1]["content"] if request[-1]["role"] == "assistant" else ""
             turns = request[:-1] if prefill else request

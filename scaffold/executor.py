@@ -12,6 +12,14 @@ goes on. An unreachable server is not an example's failure: it ends the run with
 `PolicyServerUnreachable` (no half-scored result to save and reuse: with the engine
 killed, every later example scored 0 and `evals.run` exited 0). A progress bar
 shows examples done, failures and elapsed time.
+
+A harness's `prepare(examples)` (batch work: draft_verify embeds its questions) runs once,
+before any example starts. Overlapping it with the server's work, one chunk of
+`concurrency` examples at a time, was measured worse on the 2-core machine: the embedding
+and the server contend for the same cores, the embedding's CPU per question tripled, and
+draft_verify ran at 0.75 of the raw requests against 0.90 prepared up front (a variant of
+`benchmarks/harness_throughput.py` that timed both executors in one run, 64 items x 6
+repeats; not kept).
 """
 
 from __future__ import annotations

@@ -222,7 +222,33 @@ def test_self_consistency_votes(tmp_path, monkeypatch):
     program = build_harness("self_consistency", task, n=3)
     pred, tr, lm = run(program, example, respond)
     assert pred.answer == task.parse("\\boxed{5}") and sum(pred.votes.values()) == 3
-    assert tr.step_names() == ["solver.plan", "solver.solve"] * 3
+    assert sorted(tr.step_names()) == ["solver.plan"] * 3 + ["solver.solve"] * 3
+
+
+def test_self_consistency_over_the_bare_prompt_samples_it_with_distinct_rollouts(
+        tmp_path, monkeypatch):
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    answers = iter(["\\boxed{4}", "\\boxed{5}", "\\boxed{5}", "\\boxed{4}", "\\boxed{5}"])
+    asked = []
+
+    def respond(messages):
+        asked.append(messages)
+        return f"The answer is {next(answers)}."
+
+    program = build_harness("self_consistency", task, n=5, solver="none")
+    pred, tr, _ = run(program, example, respond)
+    assert pred.answer == task.parse("\\boxed{5}") and pred.votes == {
+        task.parse("\\boxed{5}"): 3, task.parse("\\boxed{4}"): 2}
+    assert pred.completion == "The answer is \\boxed{5}."
+    assert tr.step_names() == ["solver.answer"] * 5
+    assert all(m == task.student_messages(example) for m in asked)  # the bare prompt itself
+    with pytest.raises(ValueError, match="solver='none' takes no plan_solve options: max_plan_chars"):
+        build_harness("self_consistency", task, solver="none", max_plan_chars=64)
+    with pytest.raises(ValueError, match="'plan_solve' or 'none'"):
+        build_harness("self_consistency", task, solver="program_solve")
 
 
 def test_self_consistency_teaches_with_the_winning_sample(tmp_path, monkeypatch):
@@ -234,24 +260,60 @@ def test_self_consistency_teaches_with_the_winning_sample(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     task = get_task("math:m.jsonl,m.jsonl")
     example = task.load("test")[0]
-    plans = iter([" count up", " add them", " guess"])
-    answers = iter(["\\boxed{4}", "\\boxed{5}", "\\boxed{6}"])
+    plans = iter([" count up", " count up", " guess"])  # taken in whatever order samples ask
+    lock = threading.Lock()
 
     def respond(messages):
         if messages[-1]["content"].startswith("Plan:"):
-            return next(plans)
-        return f"The answer is {next(answers)}."
+            with lock:
+                return next(plans)
+        return "The answer is \\boxed{5}." if "count up" in str(messages) else \
+            "The answer is \\boxed{6}."
 
     program = build_harness("self_consistency", task, n=3)
     pred, tr, _ = run(program, example, respond)
     tr.outputs = {"answer": pred.answer, "completion": pred.completion}  # as the executor does
-    assert pred.completion == "The answer is \\boxed{4}."  # a 3-way tie: the first sample wins
+    assert pred.completion == "The answer is \\boxed{5}." and pred.votes == {"5": 2, "6": 1}
     student = task.student_messages(example)
     chosen = from_trace(tr, student, teacher_call=program.teacher_call)
     assert "count up" in str(chosen.messages) and "guess" not in str(chosen.messages)
-    assert "guess" in str(from_trace(tr, student).messages)  # the default: the last call
+    assert from_trace(tr, student).messages == tr.calls[-1].messages  # default: the last call
     replay = from_trace(tr, student, "transcript", teacher_call=program.teacher_call)
-    assert replay.messages[-1] == chosen.messages[-1] and "add them" not in str(replay.messages)
+    assert replay.messages[-1] == chosen.messages[-1]
+
+
+def test_self_consistency_over_the_bare_prompt_teaches_with_the_winning_solution(
+        tmp_path, monkeypatch):
+    """A bare sample's request is the student's prompt (no signal): the teacher sees that
+    prompt with the winning solution and the vote count after the question, in both
+    teacher policies, and the answer contract holds."""
+    from distill.teacher import from_trace
+
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    answers = iter(["2+3=5. The answer is \\boxed{5}.", "2+3=6. The answer is \\boxed{6}.",
+                    "Adding: 5. The answer is \\boxed{5}."])
+    lock = threading.Lock()
+
+    def respond(messages):
+        with lock:
+            return next(answers)
+
+    program = build_harness("self_consistency", task, n=3, solver="none")
+    pred, tr, _ = run(program, example, respond)
+    tr.outputs = {"answer": pred.answer, "completion": pred.completion}
+    student = task.student_messages(example)
+    assert from_trace(tr, student).fallback  # the bare request itself: no signal
+    chosen = from_trace(tr, student, teacher_call=program.teacher_call)
+    assert not chosen.fallback and chosen.messages[:-1] == student[:-1]
+    assert chosen.messages[-1]["content"] == (
+        f"{student[-1]['content']}\n\n2 of 3 sampled solutions reached the same final answer. "
+        f"One of them (use it, do not mention it):\n{pred.completion}")
+    assert pred.answer == "5" and "boxed{5}" in pred.completion
+    replay = from_trace(tr, student, "transcript", teacher_call=program.teacher_call)
+    assert replay.messages == chosen.messages  # a built request stands alone
 
 
 def test_draft_verify_prepare_embeds_all_questions_in_one_batch(task, bank):
