@@ -15,35 +15,35 @@ k samples for each k, and how often one sample and any sample is right.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 from evals.metrics import fmt_ci, mean_ci
 from evals.tasks import get_task
+from scaffold.trace import Trace, read_jsonl
 from scaffold.types import TaskContract
 
 
-def load_traces(path: Path) -> dict[str, dict]:
-    return {t["example_id"]: t for t in map(json.loads, path.read_text().splitlines()) if t}
+def load_traces(path: Path) -> dict[str, Trace]:
+    return {t.example_id: t for t in read_jsonl(path)}
 
 
-def paired_scores(task: TaskContract, a: dict[str, dict], b: dict[str, dict],
+def paired_scores(task: TaskContract, a: dict[str, Trace], b: dict[str, Trace],
                   examples: dict) -> tuple[list[str], list[float], list[float]]:
     """The shared item ids, and each side's grade of its final completion on them."""
     ids = sorted(set(a) & set(b))
 
-    def grade(trace: dict, i: str) -> float:
-        return task.grade((trace.get("outputs") or {}).get("completion") or "", examples[i])
+    def grade(trace: Trace, i: str) -> float:
+        return task.grade(trace.outputs.get("completion") or "", examples[i])
 
     return ids, [grade(a[i], i) for i in ids], [grade(b[i], i) for i in ids]
 
 
-def vote_curve(task: TaskContract, traces: dict[str, dict], ids: list[str],
+def vote_curve(task: TaskContract, traces: dict[str, Trace], ids: list[str],
                examples: dict) -> list[float]:
     """Score of the majority answer over each item's first k samples, k = 1..n."""
-    samples = {i: [c["completion"] for c in traces[i]["calls"]] for i in ids}
+    samples = {i: [c.completion for c in traces[i].calls] for i in ids}
     n = min(len(s) for s in samples.values())
     curve = []
     for k in range(1, n + 1):
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A - B, paired: {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]; "
           f"right in A only {sum(x > y for x, y in zip(sa, sb, strict=True))}, "
           f"in B only {sum(y > x for x, y in zip(sa, sb, strict=True))}")
-    calls = [len(a[i]["calls"]) for i in ids]
-    steps = {c["step"] for i in ids for c in a[i]["calls"]}
+    calls = [len(a[i].calls) for i in ids]
+    steps = {c.step for i in ids for c in a[i].calls}
     if min(calls) > 1 and len(steps) == 1:  # n samples of one prompt
         curve = vote_curve(task, a, ids, examples)
-        singles = [task.grade(c["completion"], examples[i]) for i in ids for c in a[i]["calls"]]
-        anyone = [max(task.grade(c["completion"], examples[i]) for c in a[i]["calls"]) for i in ids]
+        singles = [task.grade(c.completion, examples[i]) for i in ids for c in a[i].calls]
+        anyone = [max(task.grade(c.completion, examples[i]) for c in a[i].calls) for i in ids]
         print("A's vote over its first k samples: "
               + ", ".join(f"k={k} {s:.3f}" for k, s in enumerate(curve, 1)))
         print(f"A's single sample {sum(singles) / len(singles):.3f}; "

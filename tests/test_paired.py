@@ -5,11 +5,12 @@ import json
 import pytest
 
 from evals.paired import main
+from scaffold.trace import LMCall, Trace, write_jsonl
 
 
-def trace(i: int, completions: list[str], final: str) -> dict:
-    return {"example_id": f"math/test/{i}", "outputs": {"completion": final},
-            "calls": [{"step": "solver.answer", "completion": c} for c in completions]}
+def trace(i: int, completions: list[str], final: str) -> Trace:
+    calls = [LMCall("solver.answer", [], c, None, None, 0.0, {}, None) for c in completions]
+    return Trace(f"math/test/{i}", "SelfConsistency", calls, outputs={"completion": final})
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def boxed(x: int) -> str:
 
 
 def write(path, traces):
-    path.write_text("".join(json.dumps(t) + "\n" for t in traces))
+    write_jsonl(traces, path)
     return str(path)
 
 
