@@ -104,6 +104,14 @@ class RunConfig:
                               "the harness's teaching on the examples it gets wrong (their "
                               "gold answer trains instead, counted in harness_filtered)",
                               ("none", "gold"))
+    # self_consistency over the bare prompt samples the student's own prompt n times on the
+    # served policy: 7 rollouts a problem at no cost, where drawing each one again would
+    # cost as much as a harness sample (about 1.5 s of the server's time on GSM8K here).
+    harness_rollouts: bool = opt(False, "the harness's own samples of the bare student prompt "
+                                 "(a harness with student_samples(trace): self_consistency "
+                                 "with solver 'none') are the student's rollouts; ophsd: less "
+                                 "the one shown to the teacher, instead of new samples; sft: "
+                                 "each that grades correct is a target")
     fallback_weight: float = opt(0.0, "weight of no-signal examples (0 skips them, counted)")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
@@ -332,6 +340,14 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         p.error("--harness-filter gold checks the harness against gold answers: it needs "
                 "--method ophsd and every train example labelled (not --labeled-per-class "
                 "or --labeled, whose pool has no answers)")
+    if cfg.harness_rollouts and (cfg.method not in ("ophsd", "sft") or cfg.rollouts != 1 or
+                                 cfg.method == "ophsd" and cfg.on_policy_fraction < 1.0):
+        p.error("--harness-rollouts trains on the harness's own samples of the student prompt: "
+                "it needs --method ophsd with --on-policy-fraction 1, or --method sft, and "
+                "no --rollouts")
+    if cfg.harness_rollouts and resolve_loss(cfg.loss, "math") == "sampled_token":
+        p.error("--harness-rollouts: the harness's samples carry no sampling logprobs, which "
+                "the sampled_token loss needs: use another --loss")
     if cfg.gold_batch_size < 0:
         p.error("--gold-batch-size must be >= 0")
     if not 0 <= cfg.gold_warmup_steps <= cfg.steps:

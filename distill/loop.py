@@ -18,6 +18,7 @@ from typing import Any
 from distill.methods import Collected, add_gold, get_method, sample_seed
 from distill.pairs import StepInputs, line_end_ids
 from scaffold.chat import render_ids
+from scaffold.client import Completion
 from scaffold.executor import run_program
 from scaffold.types import Example, Item, is_labelled
 
@@ -54,9 +55,10 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
     # 1. harness (ophsd teacher contexts, sft targets) and student rollouts, in flight
     # together on the live policy: the engine batches both
     t0 = time.perf_counter()
+    to_sample = [False] * len(on_policy) if cfg.harness_rollouts else on_policy
     with ThreadPoolExecutor(max_workers=1) as side:
-        pending = side.submit(_seeded_many, ctx, student_ids, step, on_policy) \
-            if any(on_policy) else None
+        pending = side.submit(_seeded_many, ctx, student_ids, step, to_sample) \
+            if any(to_sample) else None
         if method.runs_harness and examples:
             results = run_program(ctx.harness, examples, lm=ctx.policy_lm(temperature=0.0),
                                   concurrency=max(cfg.concurrency, len(examples)),
@@ -77,6 +79,10 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
                 item.rollouts = rollouts
     # the rollouts' wall time beyond the harness's (0 when they finished under its cover)
     out.times["rollout_s"] = time.perf_counter() - t1
+    if cfg.harness_rollouts:
+        for item in items:
+            item.rollouts = harness_rollouts(ctx.harness, item, out,
+                                             leave_out_shown=method.has_teacher)
 
     # 2. teacher contexts and splicing, as the method says
     for item in items:
@@ -93,6 +99,31 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
         score_teacher_on_server(ctx, out)
         out.times["teacher_score_s"] = time.perf_counter() - t0
     return out
+
+
+def harness_rollouts(harness: Any, item: Collected, out: StepInputs,
+                     leave_out_shown: bool = True) -> list[Completion]:
+    """The harness's own samples of the student's prompt as the student's rollouts
+    (`--harness-rollouts`), less, with `leave_out_shown`, the one the teacher is shown (the
+    trace's returned completion: scored under a context that holds it, it would be copied,
+    not taught).
+
+    A sample counts only if the server rendered exactly the student's prompt ids and
+    returned its completion ids (the exact-token contract); others are counted skips."""
+    if item.trace is None or item.trace.error:
+        return []
+    shown = item.trace.outputs.get("completion") if leave_out_shown else None
+    rollouts = []
+    for call in harness.student_samples(item.trace):
+        if call.prompt_token_ids != item.student_ids or not call.completion_token_ids:
+            out.counts["harness_rollouts_skipped"] += 1
+            continue
+        if shown is not None and call.completion == shown:
+            shown = None  # only one copy of the shown sample is left out
+            continue
+        rollouts.append(Completion(list(call.completion_token_ids), call.completion, None,
+                                   call.finish_reason))
+    return rollouts
 
 
 def score_teacher_on_server(ctx: Any, out: StepInputs) -> None:

@@ -150,7 +150,18 @@ class SFT(Method):
 
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
         """The harness's final completion, if correct, becomes the target after the bare
-        prompt."""
+        prompt. With `--harness-rollouts`, every sample of the student's own prompt that
+        grades correct does instead (rejection-sampling fine-tuning on the policy's own
+        solutions), the returned one included."""
+        if ctx.cfg.harness_rollouts:
+            for comp in item.rollouts:
+                count_rollout(out, ctx.task, comp)
+                if ctx.task.grade(comp.text, item.example) >= 1.0:
+                    out.counts["student_correct"] += 1
+                    add_target(ctx, out, item.student_ids, list(comp.token_ids),
+                               PairSource("harness_sample", item.example.id, trace=item.trace,
+                                          student_messages=item.student_messages))
+            return
         if not harness_right(ctx, item):
             return
         trace = item.trace

@@ -21,7 +21,7 @@ from scaffold.types import Example, TaskContract
 class PairSource:
     """Where a training pair came from, for its transcript (distill.transcripts)."""
 
-    kind: str  # rollout | harness_path | harness_answer | gold | ssopd
+    kind: str  # rollout | harness_path | harness_answer | harness_sample | gold | ssopd
     example_id: str = ""
     teacher_messages: list[dict] | None = None  # None: a supervised pair (no teacher)
     trace: Trace | None = None  # the harness run behind its teacher context, if any
@@ -47,7 +47,7 @@ class StepInputs:
         "harness_paths": 0, "harness_paths_skipped": 0, "off_answer_space": 0,
         "answer_space_cut_tokens": 0, "unlabelled": 0, "student_agrees_harness": 0,
         "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0,
-        "harness_filtered": 0})
+        "harness_filtered": 0, "harness_rollouts_skipped": 0})
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],

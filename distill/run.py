@@ -79,7 +79,7 @@ from scaffold.errors import ScaffoldError
 from scaffold.hardware import keep_freed_memory
 from scaffold.registry import resolve
 from scaffold.server import ExternalServer, install_sigterm_handler, policy_endpoint
-from scaffold.trace import write_jsonl
+from scaffold.trace import Trace, write_jsonl
 from scaffold.types import Example, Item, TaskContract
 
 log = logging.getLogger("distill.run")
@@ -393,6 +393,21 @@ def training_data(cfg: RunConfig, task: Task) -> tuple[list[Example], list[Item]
     return split.bank, split.pool
 
 
+def check_student_samples(harness: object, program: str) -> None:
+    """`--harness-rollouts` needs a harness that names its samples of the student's prompt
+    (`student_samples(trace)`, which raises ValueError where its options sample none): checked
+    on an empty trace before any server starts."""
+    samples = getattr(harness, "student_samples", None)
+    if not callable(samples):
+        raise ScaffoldError(f"--harness-rollouts: the harness {program!r} does not say which of "
+                            "its calls sample the student's prompt (a student_samples(trace) "
+                            "method): drop --harness-rollouts")
+    try:
+        samples(Trace("check", program))
+    except ValueError as e:
+        raise ScaffoldError(f"--harness-rollouts: {e}") from None
+
+
 def main(cfg: RunConfig) -> dict:
     install_sigterm_handler()
     keep_freed_memory()  # before the trainer allocates (scaffold/hardware.py says why)
@@ -427,6 +442,8 @@ def main(cfg: RunConfig) -> dict:
             index = task_bank(task, examples=bank) if labelled_regime else \
                 task_bank(task, limit=cfg.bank_size, seed=cfg.seed)
         harness = build_harness(cfg.program, task, index=index, **cfg.harness)
+        if cfg.harness_rollouts:
+            check_student_samples(harness, cfg.program)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     answers = task.answer_texts()
     space = AnswerSpace.from_texts(tokenizer, answers) if resolve_answer_space(

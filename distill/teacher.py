@@ -27,7 +27,8 @@ from scaffold.trace import LMCall, Trace
 from scaffold.types import TaskContract
 
 POLICIES = ("final_request", "transcript")
-NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan"}
+# weak_vote: self_consistency's majority below its min_votes (wrong more often than right)
+NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan", "weak_vote"}
 
 
 @dataclass

@@ -11,6 +11,14 @@ on 0.52; the vote of the first k samples climbs 0.215, 0.250 (k = 3), 0.290 (5),
 
 The samples run in parallel threads (one example's n requests in flight together): a
 training step has only its batch of examples to keep the server busy.
+
+For training, `min_votes` marks a vote too weak to teach (a "weak_vote" fallback, which
+the loop skips and counts); the answer is the majority either way. On the 200 test items
+the vote was right on 0.345 of all items, 0.543 where at least 3 of 8 samples agreed
+(94 items), and 0.796 where at least 4 did (49 items). With solver "none" the samples
+are the served policy's own on the student's prompt: `student_samples` hands them to
+the loop as the student's rollouts (`--harness-rollouts`); give it a `seed` there, so that
+a resumed step draws the same samples (sample i asks the server for seed + i).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import dspy
 
 from harnesses.base import Bare
 from harnesses.plan_solve import PlanSolve
-from scaffold.trace import LMCall, Trace, submit
+from scaffold.trace import LMCall, Trace, note_fallback, submit
 from scaffold.types import TaskContract
 
 SOLVERS = ("plan_solve", "none")
@@ -34,28 +42,37 @@ class SelfConsistency(dspy.Module):
     name = "self_consistency"
 
     def __init__(self, task: TaskContract, n: int = 5, temperature: float = 0.7,
-                 solver: str = "plan_solve", **plan_solve: Any):
+                 solver: str = "plan_solve", min_votes: int = 1, seed: int | None = None,
+                 **plan_solve: Any):
         super().__init__()
+        if not 1 <= min_votes <= n:
+            raise ValueError(f"self_consistency min_votes must be between 1 and n = {n}, "
+                             f"got {min_votes}")
         if solver not in SOLVERS:
             raise ValueError(f"self_consistency solver must be 'plan_solve' or 'none', got {solver!r}")
         if solver == "none" and plan_solve:
             raise ValueError(f"self_consistency with solver='none' takes no plan_solve options: "
                              f"{', '.join(plan_solve)}")
         self.task, self.n, self.temperature, self.solver_name = task, n, temperature, solver
+        self.min_votes, self.seed = min_votes, seed
         self.solver = PlanSolve(task, **plan_solve) if solver == "plan_solve" else Bare(task)
 
     def forward(self, example: Any) -> dspy.Prediction:
         lm = dspy.settings.lm
 
         def sample(i: int) -> dspy.Prediction:  # distinct rollout ids: distinct samples
-            with dspy.context(lm=lm.copy(temperature=self.temperature, rollout_id=i)):
+            seeded = {} if self.seed is None else {"seed": self.seed + i}  # a resumed step draws the same
+            with dspy.context(lm=lm.copy(temperature=self.temperature, rollout_id=i, **seeded)):
                 return self.solver(example=example)
 
         with ThreadPoolExecutor(max_workers=max(1, self.n)) as pool:
             futures = [submit(pool, sample, i) for i in range(self.n)]
             runs = [f.result() for f in futures]  # in sample order, whatever finished first
         votes = Counter(r.answer for r in runs if r.answer is not None)
-        best = votes.most_common(1)[0][0] if votes else None
+        best, agreeing = votes.most_common(1)[0] if votes else (None, 0)
+        if agreeing < self.min_votes:
+            note_fallback("weak_vote", f"{agreeing} of {self.n} samples agree",
+                          agreeing=agreeing, min_votes=self.min_votes)
         winner = next((r for r in runs if r.answer == best), runs[-1])
         return dspy.Prediction(completion=winner.completion, answer=best, votes=dict(votes))
 
@@ -78,6 +95,14 @@ class SelfConsistency(dspy.Module):
         note = (f"{agreeing} of {len(solves)} sampled solutions reached the same final answer. "
                 f"One of them (use it, do not mention it):\n{chosen}")
         return dataclasses.replace(call, messages=_append_to_question(call.messages, note))
+
+    def student_samples(self, trace: Trace) -> list[LMCall]:
+        """The calls that sampled the student's own prompt: every sample, with solver "none".
+        plan_solve's samples answer a plan's prompt: a ValueError says so."""
+        if self.solver_name != "none":
+            raise ValueError("self_consistency samples the student's prompt only with solver "
+                             "'none' (plan_solve's samples answer a plan's prompt)")
+        return list(trace.calls)
 
 
 def _append_to_question(messages: list[dict], note: str) -> list[dict]:

@@ -602,3 +602,39 @@ def test_precedent_solve_shows_the_nearest_solved_problems_before_the_question(t
     assert tc.messages == lm.requests[0] and not tc.fallback
     with pytest.raises(ValueError, match="precedent index"):
         build_harness("precedent_solve", task)
+
+
+def test_self_consistency_marks_a_vote_under_min_votes_as_no_signal(tmp_path, monkeypatch):
+    """A majority below min_votes still answers, but notes a weak_vote fallback, which the
+    teacher context marks as no signal (skipped and counted in training); its bare samples
+    are the student's rollouts, and plan_solve's are not (they answer a plan's prompt)."""
+    from distill.teacher import from_trace
+
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    example = task.load("test")[0]
+    student = task.student_messages(example)
+    for replies, weak in ((["\\boxed{5}", "\\boxed{6}", "\\boxed{5}", "\\boxed{7}"], True),
+                          (["\\boxed{5}", "\\boxed{5}", "\\boxed{5}", "\\boxed{7}"], False)):
+        answers, lock = iter(replies), threading.Lock()
+
+        def respond(messages, answers=answers, lock=lock):
+            with lock:
+                return f"So {next(answers)}."
+
+        program = build_harness("self_consistency", task, n=4, solver="none", min_votes=3)
+        pred, tr, _ = run(program, example, respond)
+        tr.outputs = {"answer": pred.answer, "completion": pred.completion}
+        assert pred.answer == "5"  # the majority answers either way
+        assert [f["kind"] for f in tr.fallbacks] == (["weak_vote"] if weak else [])
+        tc = from_trace(tr, student, teacher_call=program.teacher_call)
+        assert tc.fallback == weak and (tc.reason == "weak_vote") == weak
+        assert program.student_samples(tr) == tr.calls and len(tr.calls) == 4
+    with pytest.raises(ValueError, match="only with solver 'none'"):
+        build_harness("self_consistency", task, n=2).student_samples(tr)
+    seeded = build_harness("self_consistency", task, n=3, solver="none", seed=10)
+    _, _, lm = run(seeded, example, lambda m: "So \\boxed{5}.")
+    assert sorted(kw.get("seed") for kw in lm.request_kwargs) == [10, 11, 12]  # resumable
+    with pytest.raises(ValueError, match="min_votes must be between 1 and n = 4, got 5"):
+        build_harness("self_consistency", task, n=4, solver="none", min_votes=5)

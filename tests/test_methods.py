@@ -403,3 +403,90 @@ def test_harness_filter_gold_teaches_the_gold_answer_where_the_harness_is_wrong(
             parse_args(["--harness-filter", "gold", *bad])
         assert "--harness-filter gold" in capsys.readouterr().err
     assert parse_args(["--harness-filter", "gold"]).harness_filter == "gold"
+
+
+def test_harness_rollouts_are_its_samples_of_the_student_prompt_less_the_shown_one(monkeypatch):
+    """--harness-rollouts: no new rollout is requested; each example's rollouts are the
+    harness's samples whose prompt ids are the student's exact ids, less the one sample the
+    teacher is shown; a sample rendered from another prompt is a counted skip."""
+    import distill.loop as loop
+    from scaffold.chat import render_ids
+    from scaffold.executor import ExampleResult
+    from scaffold.trace import LMCall, Trace
+
+    tok, task = SizedCharTokenizer(), label_task_with_prompt()
+    task.kind = "math"
+    examples = [Example(f"e{i}", f"q{i}", "5") for i in range(3)]
+    texts = ["5\n", "4\n", "5.\n", "6\n"]  # the first is the one returned (and shown)
+
+    def run_program(program, items, **kw):
+        results = []
+        for item in items:
+            prompt = render_ids(tok, task.student_messages(item))
+            calls = [LMCall("solver.answer", task.student_messages(item), t, 5, 2, 0.0, {},
+                            "policy", prompt_token_ids=prompt if k < 3 else prompt[1:],
+                            completion_token_ids=tok.encode(t)) for k, t in enumerate(texts)]
+            results.append(ExampleResult(item, SimpleNamespace(completion=texts[0]), Trace(
+                item.id, "self_consistency", calls=calls, outputs={"completion": texts[0]})))
+        return results
+
+    def teacher_call(trace):
+        call = trace.calls[0]
+        shown = [{"role": "user", "content": call.messages[0]["content"] + "\n\nshown: 5"},
+                 call.messages[-1]]
+        return LMCall("solver.answer", shown, call.completion, 5, 2, 0.0, {}, "policy")
+
+    monkeypatch.setattr(loop, "run_program", run_program)
+    client = RecordingClient()
+    harness = SimpleNamespace(student_samples=lambda trace: list(trace.calls),
+                              teacher_call=teacher_call)
+    ctx = SimpleNamespace(cfg=RunConfig(method="ophsd", on_policy_fraction=1.0,
+                                                   harness_rollouts=True), task=task,
+                          tokenizer=tok, harness=harness, client=client, policy_name="policy",
+                          max_new_tokens=24, policy_lm=lambda **kw: None)
+    out = loop.collect(ctx, 0, examples)
+    assert client.requests == []  # nothing sampled beside the harness
+    assert [tok.decode(p.response_ids) for p in out.pairs] == ["4\n", "5.\n"] * 3
+    assert out.counts["harness_rollouts_skipped"] == 3 and out.counts["rollouts"] == 6
+    shown = render_ids(tok, teacher_call(Trace("e0", "sc", calls=[LMCall(
+        "s", task.student_messages(examples[0]), "5\n", 5, 2, 0.0, {}, "policy")])).messages)
+    assert out.pairs[0].teacher_ids[:len(shown)] == shown
+    student = render_ids(tok, task.student_messages(examples[0]))
+    assert out.pairs[0].student_ids[:len(student)] == student
+    # sft: each sample that grades correct is a target, the returned one included
+    ctx.cfg = RunConfig(method="sft", harness_rollouts=True)
+    out = loop.collect(ctx, 0, examples)
+    assert [tok.decode(p.response_ids) for p in out.pairs] == ["5\n"] * 3
+    assert all(out.sft) and out.counts["rollouts"] == 9 and out.counts["student_correct"] == 3
+    assert client.requests == []
+
+
+@pytest.mark.parametrize("argv", [["--method", "opsd"], ["--on-policy-fraction", "0.5"],
+                                  ["--method", "gold_sft"],
+                                  ["--rollouts", "4"], ["--loss", "sampled_token"]])
+def test_harness_rollouts_refuse_what_they_cannot_serve(argv, capsys):
+    allowed = ["--harness-rollouts", "--on-policy-fraction", "1"]
+    assert parse_args(allowed).harness_rollouts
+    assert parse_args(["--harness-rollouts", "--method", "sft"]).method == "sft"
+    with pytest.raises(SystemExit):
+        parse_args([*allowed, *argv])  # the later flag wins
+    assert "--harness-rollouts" in capsys.readouterr().err
+
+
+def test_harness_rollouts_need_a_harness_that_names_its_student_samples(tmp_path, monkeypatch):
+    """Checked before any server starts: a harness without student_samples, or one whose
+    options sample no student prompt (self_consistency over plan_solve), is one clear error."""
+    from distill.run import check_student_samples
+    from evals.tasks import get_task
+    from harnesses import build_harness
+    from scaffold.errors import ScaffoldError
+
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    check_student_samples(build_harness("self_consistency", task, solver="none"), "sc")
+    with pytest.raises(ScaffoldError, match="--harness-rollouts: self_consistency samples the "
+                                            "student's prompt only with solver 'none'"):
+        check_student_samples(build_harness("self_consistency", task), "self_consistency")
+    with pytest.raises(ScaffoldError, match="'plan_solve' does not say which of its calls"):
+        check_student_samples(build_harness("plan_solve", task), "plan_solve")
