@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import dspy
+import pytest
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 from dspy.utils.exceptions import LMError
 
 from scaffold.errors import PolicyServerUnreachable
+from scaffold.types import TaskContract
 
 
 class ScriptedEngine:
@@ -75,3 +78,12 @@ class ScriptedLM(dspy.LM):
     @property
     def request_kwargs(self) -> list[dict]:
         return self.scripted.request_kwargs
+
+
+def two_plus_three(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TaskContract:
+    """A one-problem math task given as user data ("What is 2+3?", answer 5), both splits."""
+    from evals.tasks import get_task
+
+    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    monkeypatch.chdir(tmp_path)
+    return get_task("math:m.jsonl,m.jsonl")

@@ -14,7 +14,7 @@ from scaffold.embeddings import HashingEmbedder
 from scaffold.executor import run_program
 from scaffold.precedents import PrecedentIndex
 from scaffold.types import Example
-from tests.fakes import ScriptedLM
+from tests.fakes import ScriptedLM, two_plus_three
 
 TRAIN = [("my card has not arrived yet", "card_arrival"),
          ("when will my card arrive", "card_arrival"),
@@ -118,9 +118,7 @@ def test_empty_bank_falls_back_to_bare_prompt(task):
 
 
 def test_plan_solve_prompts_and_empty_plan(tmp_path, monkeypatch):
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     program = build_harness("plan_solve", task)
 
@@ -208,9 +206,7 @@ def test_executor_stops_the_run_when_the_server_is_unreachable(task):
 
 
 def test_self_consistency_votes(tmp_path, monkeypatch):
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     answers = iter(["\\boxed{5}", "\\boxed{4}", "\\boxed{5}"])
 
@@ -227,9 +223,7 @@ def test_self_consistency_votes(tmp_path, monkeypatch):
 
 def test_self_consistency_over_the_bare_prompt_samples_it_with_distinct_rollouts(
         tmp_path, monkeypatch):
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     answers = iter(["\\boxed{4}", "\\boxed{5}", "\\boxed{5}", "\\boxed{4}", "\\boxed{5}"])
     asked = []
@@ -256,9 +250,7 @@ def test_self_consistency_teaches_with_the_winning_sample(tmp_path, monkeypatch)
     last sample's, in both teacher policies."""
     from distill.teacher import from_trace
 
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     plans = iter([" count up", " count up", " guess"])  # taken in whatever order samples ask
     lock = threading.Lock()
@@ -289,9 +281,7 @@ def test_self_consistency_over_the_bare_prompt_teaches_with_the_winning_solution
     teacher policies, and the answer contract holds."""
     from distill.teacher import from_trace
 
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     answers = iter(["2+3=5. The answer is \\boxed{5}.", "2+3=6. The answer is \\boxed{6}.",
                     "Adding: 5. The answer is \\boxed{5}."])
@@ -453,9 +443,7 @@ def test_program_solve_runs_the_programs_votes_and_solves_with_the_winner(tmp_pa
     """Each sampled program runs in the sandbox; the most printed number wins, and the
     final (teacher) request is the bare prompt plus the first winning program and its
     result."""
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     programs = iter(["x = 2 + 3\nprint(x)\n```\nmore text", "print(2 * 3 - 2)```",
                      "print(10 / 2)```"])
@@ -488,9 +476,7 @@ def test_program_solve_falls_back_to_the_bare_prompt_when_no_program_prints(tmp_
                                                                             monkeypatch):
     from harnesses.program_solve import printed_number
 
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
 
     def respond(messages):
@@ -610,9 +596,7 @@ def test_self_consistency_marks_a_vote_under_min_votes_as_no_signal(tmp_path, mo
     are the student's rollouts, and plan_solve's are not (they answer a plan's prompt)."""
     from distill.teacher import from_trace
 
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     example = task.load("test")[0]
     student = task.student_messages(example)
     for replies, weak in ((["\\boxed{5}", "\\boxed{6}", "\\boxed{5}", "\\boxed{7}"], True),

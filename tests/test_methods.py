@@ -477,13 +477,11 @@ def test_harness_rollouts_need_a_harness_that_names_its_student_samples(tmp_path
     """Checked before any server starts: a harness without student_samples, or one whose
     options sample no student prompt (self_consistency over plan_solve), is one clear error."""
     from distill.run import check_student_samples
-    from evals.tasks import get_task
     from harnesses import build_harness
     from scaffold.errors import ScaffoldError
+    from tests.fakes import two_plus_three
 
-    (tmp_path / "m.jsonl").write_text('{"question": "What is 2+3?", "answer": "5"}\n')
-    monkeypatch.chdir(tmp_path)
-    task = get_task("math:m.jsonl,m.jsonl")
+    task = two_plus_three(tmp_path, monkeypatch)
     check_student_samples(build_harness("self_consistency", task, solver="none"), "sc")
     with pytest.raises(ScaffoldError, match="--harness-rollouts: self_consistency samples the "
                                             "student's prompt only with solver 'none'"):
