@@ -85,6 +85,9 @@ class RunConfig:
     skip_first_tokens: int = opt(0, "no loss on the first N tokens of each distilled "
                                  "response (where a teacher that knows the answer pulls "
                                  "hardest toward stating it at once)")
+    anchor_kl: float = opt(0.0, "weight of KL(student || base) on the student's own "
+                           "rollouts, added to each distilled token's loss (a KL anchor to the "
+                           "starting model, as RLHF's reference penalty); 0: off")
     teacher: str = opt("frozen", "weights that score the teacher context: the live policy, "
                        "the frozen base, or an EMA of the policy", ("live", "frozen", "ema"))
     teacher_scorer: str = opt("auto", "who computes the teacher's distributions: the vLLM "
@@ -404,6 +407,14 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         p.error("--transcripts must be >= 0")
     if cfg.skip_first_tokens < 0:
         p.error("--skip-first-tokens must be >= 0")
+    if cfg.anchor_kl < 0:
+        p.error(f"--anchor-kl is a weight: >= 0 (0 turns it off), got {cfg.anchor_kl}")
+    if cfg.anchor_kl and not method.has_teacher:
+        p.error(f"--anchor-kl weighs the distilled tokens, and --method {cfg.method} trains "
+                "only cross-entropy targets: drop --anchor-kl or use a distilling method")
+    if cfg.anchor_kl and cfg.fsdp:
+        p.error("--anchor-kl is not supported with --fsdp (its extra forward of the base is "
+                "not matched across ranks): drop one of them")
     for name in ("guard_length", "guard_parse", "guard_entropy"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             p.error(f"--{name.replace('_', '-')} is a factor of the signal's start: in [0, 1) "

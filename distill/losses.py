@@ -247,7 +247,7 @@ def token_mean(per_token: Tensor, mask: Tensor, num_tokens: int | float | None =
 
 
 _STAT_NAMES = ("kl_sum", "clipped", "teacher_entropy_sum", "student_entropy_sum",
-               "sampled_kl_sum")
+               "sampled_kl_sum", "anchor_sum")
 
 
 def _chunk_losses(
@@ -261,6 +261,8 @@ def _chunk_losses(
     cfg: LossConfig,
     support: Tensor | None = None,
     teacher_given: Tensor | None = None,
+    anchor_hidden: Tensor | None = None,
+    anchor_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One chunk: returns (sum of weighted losses, detached stats in ``_STAT_NAMES`` order)."""
     dtype = torch.promote_types(student_hidden.dtype, torch.float32)
@@ -276,6 +278,14 @@ def _chunk_losses(
     loss = per_token_divergence(student_logits, teacher_logits, cfg, sampled_ids, sampling_logprobs,
                                 support)
     loss_sum = (loss * token_weights.to(dtype)).sum()
+    anchor_sum = loss_sum.new_zeros(())
+    if anchor_hidden is not None:  # the same student logits, against the base's
+        with torch.no_grad():
+            base_logp = log_probs(F.linear(anchor_hidden.to(dtype), w.detach(),
+                                           None if b is None else b.detach()), 1.0)
+        anchor = kl_from_logprobs(log_probs(student_logits, 1.0), base_logp)
+        anchor_sum = (anchor * anchor_weights.to(dtype)).sum()
+        loss_sum = loss_sum + anchor_sum
     with torch.no_grad():
         temp = cfg.temperature  # stats under a support: both sides restricted to it
         s_logp = log_probs(restrict(student_logits.detach(), support), temp)
@@ -295,7 +305,8 @@ def _chunk_losses(
             clipped = (est.abs() > cfg.clip).sum().to(dtype)
         else:
             clipped = (loss >= cfg.clip).sum().to(dtype)
-        stats = torch.stack([kl_sum, clipped, entropy_sum, student_entropy_sum, sampled_kl])
+        stats = torch.stack([kl_sum, clipped, entropy_sum, student_entropy_sum, sampled_kl,
+                             anchor_sum.detach()])
     return loss_sum, stats
 
 
@@ -310,6 +321,8 @@ def chunked_distill_loss(
     weights: Tensor | None = None,
     support: Tensor | None = None,
     teacher_logits: Tensor | None = None,
+    anchor_hidden: Tensor | None = None,
+    anchor_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Sum over response positions of ``weights_i * loss_i``, computed chunk by chunk.
 
@@ -335,6 +348,12 @@ def chunked_distill_loss(
     ``teacher_logits`` (``[N, V]``) replaces ``teacher_hidden`` when the teacher was scored
     elsewhere (the vLLM server's log-probabilities on the support, ``NO_MASS`` elsewhere:
     ``distill.trainer.given_teacher_logits``); give exactly one of the two.
+
+    ``anchor_hidden`` (``[N, H]``, the base model's hidden states on the student's own rows)
+    adds ``anchor_weights_i * KL(S_i || B_i)`` to each position's term: a KL anchor to the
+    base, full vocabulary, temperature 1, no support and no clip, on the student logits the
+    main term already computed. ``anchor_weights`` carries its weight (the anchor's scale
+    times the pair's weight); stats get ``anchor_sum``, that term's weighted sum.
     """
     n = student_hidden.shape[0]
     if (teacher_hidden is None) == (teacher_logits is None):
@@ -346,6 +365,13 @@ def chunked_distill_loss(
                          f"{n} positions x vocabulary {lm_head_weight.shape[0]}")
     if cfg.kind == "sampled_token" and sampled_ids is None:
         raise ValueError("sampled_token needs sampled_ids")
+    if anchor_hidden is not None and anchor_hidden.shape != student_hidden.shape:
+        raise ValueError(f"anchor hidden {tuple(anchor_hidden.shape)} does not match the "
+                         f"student's {tuple(student_hidden.shape)}")
+    if (anchor_hidden is None) != (anchor_weights is None):
+        raise ValueError("give anchor_hidden and anchor_weights together")
+    if anchor_hidden is not None:
+        anchor_hidden = anchor_hidden.detach()
     if teacher_hidden is not None:
         teacher_hidden = teacher_hidden.detach()
     dtype = torch.promote_types(student_hidden.dtype, torch.float32)
@@ -369,6 +395,8 @@ def chunked_distill_loss(
             cfg,
             None if support is None else support[sl],
             None if teacher_logits is None else teacher_logits[sl],
+            None if anchor_hidden is None else anchor_hidden[sl],
+            None if anchor_weights is None else anchor_weights[sl],
         )
         if needs_grad:
             loss_sum, chunk_stats = checkpoint(_chunk_losses, *args, use_reentrant=False)
@@ -385,6 +413,8 @@ def chunked_distill_loss(
     }
     if sampled_ids is None:
         del stats["sampled_kl_sum"]
+    if anchor_hidden is None:
+        del stats["anchor_sum"]
     return total, stats
 
 

@@ -151,7 +151,7 @@ def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerCo
                          total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                          micro_batch_size=cfg.micro_batch_size, teacher=cfg.teacher,
                          loss=loss, seed=cfg.seed, skip_first_tokens=cfg.skip_first_tokens,
-                         attention=cfg.attention, fsdp=cfg.fsdp)
+                         anchor_kl=cfg.anchor_kl, attention=cfg.attention, fsdp=cfg.fsdp)
 
 
 def train(run: Run, trainer: DistillTrainer, run_dir: RunDir, train_set: Sequence[Item],

@@ -103,6 +103,13 @@ class TrainerConfig:
     # No loss on the first N tokens of each distilled response: where a teacher that knows
     # the answer pulls hardest toward stating it at once (GSM8K: "The answer is N.").
     skip_first_tokens: int = 0
+    # Weight of KL(student || base) on the student's own context, added to every distilled
+    # token's loss (the base = the adapter disabled): the reference penalty of RLHF/GRPO.
+    # Every teacher that saw the GSM8K answer taught "The answer is N." within 3 updates at
+    # lr 2e-4; this term prices each step away from the base's own working. It applies to
+    # the first tokens too (skip_first_tokens drops only the teacher's term there), and to
+    # sft pairs not at all. 0: off, no extra forward.
+    anchor_kl: float = 0.0
     # Compute a prompt prefix shared by all rows of a step once (see distill.shared_prefix);
     # off under gradient checkpointing. Shorter shared prefixes are not worth the detour.
     share_prefix: bool = True
@@ -185,6 +192,11 @@ class DistillTrainer:
             raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {cfg.teacher!r}")
         if cfg.micro_batch_size < 1:
             raise ValueError("micro_batch_size must be >= 1")
+        if cfg.anchor_kl < 0:
+            raise ValueError(f"anchor_kl must be >= 0, got {cfg.anchor_kl}")
+        if cfg.anchor_kl and cfg.fsdp:
+            # its extra forward is not counted in the passes every FSDP rank must match
+            raise ValueError("anchor_kl is not supported with fsdp")
         lr_factor(cfg.warmup_steps, cfg.lr_schedule, cfg.warmup_steps, cfg.total_steps,
                   cfg.min_lr_ratio)  # an unknown schedule or a decay without total_steps: now
         self.cfg = cfg
@@ -441,6 +453,7 @@ class DistillTrainer:
         vocab = self.lm_head.weight.shape[0]
         loss_sum = 0.0
         stat_sums = dict.fromkeys(_SUMMED_STATS, 0.0)
+        anchor_sum = 0.0
         nonfinite = False
         batches = [collate([pairs[i] for i in idx], self.pad_id, self.cfg.pad_to_multiple_of)
                    .to(device) for idx in micro]
@@ -469,6 +482,20 @@ class DistillTrainer:
             with torch.no_grad(), self.teacher_weights():
                 for _ in range(passes[0] - len(forward)):
                     self._idle_pass()
+        # the base's hidden states on the student's own rows, for the KL anchor
+        anchor_hs: list[torch.Tensor | None] = [None] * len(micro)
+        anchored = [k for k, idx in enumerate(micro) if needs(idx[0]) != 0] \
+            if self.cfg.anchor_kl else []
+        if anchored:
+            rows = [pairs[i] for k in anchored for i in micro[k]]
+            base_prefix = self._prefix(rows, "student", grad=False, weights="frozen")
+            self.model.eval()
+            with torch.no_grad(), self.teacher_weights("frozen"):
+                for k in anchored:
+                    anchor_hs[k] = self._response_hidden([pairs[i] for i in micro[k]],
+                                                         batches[k], "student", base_prefix)
+            if base_prefix is not None:
+                base_prefix.release()
         t_teacher = time.perf_counter() - t0
         t0 = time.perf_counter()
         student_prefix = self._prefix(pairs, "student", grad=True, length=shared)
@@ -497,6 +524,7 @@ class DistillTrainer:
             sampled_ids = batch.flat_response_ids()
             token_weights = None if weights is None else _per_token(
                 [weights[i] for i in idx], chunk_lengths, device)
+            anchor_weights = token_weights
             if self.cfg.skip_first_tokens and needs(idx[0]) != 0:
                 token_weights = skip_first(token_weights, chunk_lengths,
                                            self.cfg.skip_first_tokens, device)
@@ -514,11 +542,17 @@ class DistillTrainer:
                     chunk_supports, [teacher_logprobs[i] for i in idx], vocab, device)
                 support = None if chunk_supports is None else support_mask(
                     chunk_supports, chunk_lengths, vocab, device)
+                anchor_h, anchor_hs[k] = anchor_hs[k], None
+                if anchor_h is not None:  # on every token, the first ones too
+                    anchor_weights = self.cfg.anchor_kl * (
+                        torch.ones(n_tokens, device=device) if anchor_weights is None
+                        else anchor_weights)
                 loss, stats = chunked_distill_loss(
                     student_h, teacher_h, head, self.cfg.loss,
                     lm_head_bias=bias, sampled_ids=sampled_ids,
                     sampling_logprobs=token_logprobs, weights=token_weights,
-                    support=support, teacher_logits=given)
+                    support=support, teacher_logits=given, anchor_hidden=anchor_h,
+                    anchor_weights=None if anchor_h is None else anchor_weights)
             offset = 0
             for i, n in zip(idx, chunk_lengths, strict=True):
                 if i in inspect:
@@ -541,6 +575,7 @@ class DistillTrainer:
             loss_sum += micro_loss
             for key in _SUMMED_STATS:
                 stat_sums[key] += float(stats.get(key, 0.0))
+            anchor_sum += float(stats.get("anchor_sum", 0.0))
 
         t0 = time.perf_counter()
         if passes:
@@ -588,7 +623,8 @@ class DistillTrainer:
         def per_token(value: float) -> float:
             return float("nan") if nonfinite else value / total_tokens
 
-        loss_sum, *summed = sum_over_ranks([loss_sum, *(stat_sums[k] for k in _SUMMED_STATS)])
+        loss_sum, anchor_sum, *summed = sum_over_ranks(
+            [loss_sum, anchor_sum, *(stat_sums[k] for k in _SUMMED_STATS)])
         stat_sums = dict(zip(_SUMMED_STATS, summed, strict=True))
         return {
             "loss": per_token(loss_sum),
@@ -600,6 +636,9 @@ class DistillTrainer:
             "student_entropy": (stat_sums["student_entropy_sum"] / distill_tokens
                                 if distill_tokens and not nonfinite else float("nan")),
             "clipped_frac": per_token(stat_sums["clipped"]),
+            # KL(student || base) per distilled token, weighted by the pairs' weights
+            **({"anchor_kl": anchor_sum / self.cfg.anchor_kl / distill_tokens
+                if distill_tokens else float("nan")} if self.cfg.anchor_kl else {}),
             "tokens": total_tokens,
             "sft_tokens": total_tokens - distill_tokens,
             "grad_norm": grad_norm,
@@ -632,9 +671,10 @@ class DistillTrainer:
         return token_report(logits, ids, self.cfg.loss, teacher_logits, support, logprobs)
 
     def _prefix(self, pairs: list[SplicedPair], side: str, grad: bool,
-                length: int | None = None) -> PrefixKV | None:
+                length: int | None = None, weights: str | None = None) -> PrefixKV | None:
         """The prefix every pair's `side` sequence shares, run once (None if not worth it);
-        `length`: its `_shared_len`, if already known."""
+        `length`: its `_shared_len`, if already known; `weights`: for a no-grad prefix, the
+        teacher_weights kind it runs under (default: the teacher's)."""
         n = self._shared_len(pairs, side) if length is None else length
         if not n:
             return None
@@ -644,7 +684,7 @@ class DistillTrainer:
             with self.compute():
                 return PrefixKV(self.decoder, rows[0][:n], grad=True)
         self.model.eval()
-        with torch.no_grad(), self.teacher_weights(), self.compute():
+        with torch.no_grad(), self.teacher_weights(weights), self.compute():
             return PrefixKV(self.decoder, rows[0][:n], grad=False)
 
     def _idle_pass(self) -> torch.Tensor:

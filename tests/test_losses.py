@@ -354,6 +354,36 @@ def test_chunked_upcasts_bf16_to_float32():
     assert "sampled_kl_sum" not in stats
 
 
+
+def test_chunked_anchor_adds_the_weighted_kl_to_the_base():
+    """With the base's hidden states, each position's term gains a_i x KL(S_i || B_i) (by an
+    explicit loop over the vocabulary), clipped or not, and the gradient is the sum's."""
+    s_h, t_h, w, bias, *_ = _hidden()
+    base_h = torch.randn(s_h.shape, generator=torch.Generator().manual_seed(9),
+                         dtype=torch.float64)
+    weights = torch.linspace(0.0, 1.0, 7, dtype=torch.float64)  # 0: a skipped first token
+    anchor_w = torch.full((7,), 0.7, dtype=torch.float64)
+    cfg = LossConfig(kind="jsd", clip=0.3, chunk_size=3)
+    s_ = s_h.clone().requires_grad_()
+    loss, stats = chunked_distill_loss(s_, t_h, w, cfg, bias, weights=weights,
+                                       anchor_hidden=base_h, anchor_weights=anchor_w)
+    loss.backward()
+    student = s_h @ w.T + bias
+    anchor = explicit_kl(student, base_h @ w.T + bias)
+    expected = (per_token_divergence(student, t_h @ w.T + bias, cfg) * weights).sum() \
+        + (0.7 * anchor).sum()
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-10, rtol=1e-10)
+    assert stats["anchor_sum"] == pytest.approx(float((0.7 * anchor).sum()), rel=1e-9)
+    r_ = s_h.clone().requires_grad_()
+    logits = r_ @ w.T + bias
+    ref = (per_token_divergence(logits, t_h @ w.T + bias, cfg) * weights).sum() + 0.7 * (
+        logits.softmax(-1) * (logits.log_softmax(-1) - (base_h @ w.T + bias).log_softmax(-1))
+    ).sum()
+    ref.backward()
+    torch.testing.assert_close(s_.grad, r_.grad, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="together"):
+        chunked_distill_loss(s_h, t_h, w, cfg, anchor_hidden=base_h)
+
 def test_chunked_without_grad_runs_plainly():
     s_h, t_h, w, *_ = _hidden()
     with torch.no_grad():

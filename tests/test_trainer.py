@@ -232,6 +232,59 @@ def test_skip_first_tokens_drops_each_responses_opening_from_the_loss(tiny_model
     assert metrics["loss"] < full["loss"] == pytest.approx(sum(map(sum, terms)) / 14, rel=1e-5)
 
 
+def base_kl_per_token(trainer: DistillTrainer, pairs: list) -> torch.Tensor:
+    """KL(live || base) at every response position of `pairs`, by hand from full logits."""
+    from distill.splicing import gather_response_positions
+
+    batch = collate(pairs, pad_id=0)
+    head = trainer.lm_head.weight.float()
+    logp = {}
+    for weights in ("live", "frozen"):
+        hidden = gather_response_positions(trainer_hidden(trainer, batch, weights),
+                                           batch.student_response_mask)
+        logp[weights] = torch.log_softmax(hidden.float() @ head.T, dim=-1)
+    return (logp["live"].exp() * (logp["live"] - logp["frozen"])).sum(-1)
+
+
+def test_anchor_kl_adds_the_students_kl_to_the_base_on_every_response_token(tiny_model_dir):
+    """--anchor-kl 0.7 with --skip-first-tokens 2: the step's loss is the teacher's terms
+    after each response's first two tokens plus 0.7 x KL(student || base) on all 14 tokens,
+    the KL by hand from the live and the adapter-free logits before the update."""
+    pairs = make_pairs()
+    trainer = make_trainer(tiny_model_dir, teacher="frozen", skip_first_tokens=2, anchor_kl=0.7)
+    first = trainer.train_step(pairs)
+    assert first["anchor_kl"] == pytest.approx(0.0, abs=1e-9)  # LoRA B = 0: live is the base
+    expected_anchor = float(base_kl_per_token(trainer, pairs).sum()) / 14
+    assert expected_anchor > 1e-4
+    second = trainer.train_step(pairs, inspect=range(len(pairs)))
+    terms = [trainer.last_token_reports[i].loss for i in range(len(pairs))]
+    assert second["anchor_kl"] == pytest.approx(expected_anchor, rel=1e-4)
+    teacher_part = sum(sum(t[2:]) for t in terms) / 14
+    assert second["loss"] == pytest.approx(teacher_part + 0.7 * expected_anchor, rel=1e-4)
+    assert "anchor_kl" not in make_trainer(tiny_model_dir).train_step(pairs)
+
+
+def test_anchor_kl_keeps_the_student_nearer_the_base(tiny_model_dir):
+    """The same 8 steps toward a frozen teacher that sees more context: with a strong anchor
+    the student ends nearer the base, measured by its KL to the base on the responses."""
+    pairs = make_pairs()
+    drift = {}
+    for weight in (0.0, 5.0):
+        trainer = make_trainer(tiny_model_dir, teacher="frozen", anchor_kl=weight)
+        for _ in range(8):
+            trainer.train_step(pairs)
+        drift[weight] = float(base_kl_per_token(trainer, pairs).mean())
+    assert drift[0.0] > 0.01
+    assert drift[5.0] < 0.5 * drift[0.0], drift
+
+
+def test_anchor_kl_is_refused_where_it_cannot_apply(tiny_model_dir):
+    with pytest.raises(ValueError, match="anchor_kl must be >= 0"):
+        make_trainer(tiny_model_dir, anchor_kl=-0.1)
+    with pytest.raises(ValueError, match="not supported with fsdp"):
+        make_trainer(tiny_model_dir, anchor_kl=0.1, fsdp=True)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
     grads = {}
     for checkpointing in (False, True):
