@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 LIVE_ADAPTER = "default"  # peft's name for the first adapter; the one we train and save
 EMA_ADAPTER = "ema"
 TEACHER_KINDS = ("live", "frozen", "ema")
-_SUMMED_STATS = ("kl_sum", "teacher_entropy_sum", "student_entropy_sum", "clipped")  # from chunked_distill_loss
+_SUMMED_STATS = ("kl_sum", "teacher_entropy_sum", "student_entropy_sum", "clipped",
+                 "anchor_sum")  # from chunked_distill_loss
 
 
 @dataclass
@@ -453,7 +454,6 @@ class DistillTrainer:
         vocab = self.lm_head.weight.shape[0]
         loss_sum = 0.0
         stat_sums = dict.fromkeys(_SUMMED_STATS, 0.0)
-        anchor_sum = 0.0
         nonfinite = False
         batches = [collate([pairs[i] for i in idx], self.pad_id, self.cfg.pad_to_multiple_of)
                    .to(device) for idx in micro]
@@ -575,7 +575,6 @@ class DistillTrainer:
             loss_sum += micro_loss
             for key in _SUMMED_STATS:
                 stat_sums[key] += float(stats.get(key, 0.0))
-            anchor_sum += float(stats.get("anchor_sum", 0.0))
 
         t0 = time.perf_counter()
         if passes:
@@ -623,8 +622,7 @@ class DistillTrainer:
         def per_token(value: float) -> float:
             return float("nan") if nonfinite else value / total_tokens
 
-        loss_sum, anchor_sum, *summed = sum_over_ranks(
-            [loss_sum, anchor_sum, *(stat_sums[k] for k in _SUMMED_STATS)])
+        loss_sum, *summed = sum_over_ranks([loss_sum, *(stat_sums[k] for k in _SUMMED_STATS)])
         stat_sums = dict(zip(_SUMMED_STATS, summed, strict=True))
         return {
             "loss": per_token(loss_sum),
@@ -637,7 +635,7 @@ class DistillTrainer:
                                 if distill_tokens and not nonfinite else float("nan")),
             "clipped_frac": per_token(stat_sums["clipped"]),
             # KL(student || base) per distilled token, weighted by the pairs' weights
-            **({"anchor_kl": anchor_sum / self.cfg.anchor_kl / distill_tokens
+            **({"anchor_kl": stat_sums["anchor_sum"] / self.cfg.anchor_kl / distill_tokens
                 if distill_tokens else float("nan")} if self.cfg.anchor_kl else {}),
             "tokens": total_tokens,
             "sft_tokens": total_tokens - distill_tokens,
