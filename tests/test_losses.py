@@ -354,7 +354,6 @@ def test_chunked_upcasts_bf16_to_float32():
     assert "sampled_kl_sum" not in stats
 
 
-
 def test_chunked_anchor_adds_the_weighted_kl_to_the_base():
     """With the base's hidden states, each position's term gains a_i x KL(S_i || B_i) (by an
     explicit loop over the vocabulary), clipped or not, and the gradient is the sum's."""
@@ -383,6 +382,7 @@ def test_chunked_anchor_adds_the_weighted_kl_to_the_base():
     torch.testing.assert_close(s_.grad, r_.grad, atol=1e-10, rtol=1e-10)
     with pytest.raises(ValueError, match="together"):
         chunked_distill_loss(s_h, t_h, w, cfg, anchor_hidden=base_h)
+
 
 def test_chunked_without_grad_runs_plainly():
     s_h, t_h, w, *_ = _hidden()

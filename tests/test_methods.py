@@ -473,7 +473,6 @@ def test_harness_rollouts_refuse_what_they_cannot_serve(argv, capsys):
     assert "--harness-rollouts" in capsys.readouterr().err
 
 
-
 @pytest.mark.parametrize("argv", [["--anchor-kl", "-0.5"], ["--anchor-kl", "1", "--method", "sft"],
                                   ["--anchor-kl", "1", "--method", "gold_sft"]])
 def test_anchor_kl_refuses_what_it_cannot_weigh(argv, capsys):
@@ -481,6 +480,7 @@ def test_anchor_kl_refuses_what_it_cannot_weigh(argv, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert "--anchor-kl" in capsys.readouterr().err
+
 
 def test_harness_rollouts_need_a_harness_that_names_its_student_samples(tmp_path, monkeypatch):
     """Checked before any server starts: a harness without student_samples, or one whose
