@@ -15,6 +15,10 @@ What it does:
    wall time, internalization diagnostics, training compute), writes compare.json, the
    table as a bar chart (compare.png) and the runs' training curves (curves.png) under
    --out; runs that differ only in their seed are also summarized as mean and spread.
+
+Rows measured earlier on the same items (an earlier compare, a run's own final evaluation,
+evals.run's results) are taken instead of evaluated again with --reuse (evals/reuse.py), and
+--reattach limits the harness rows to some subjects: a report can grow a run at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import shutil
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ from evals.bank import task_bank
 from evals.diagnostics import answer_diagnostics
 from evals.metrics import fmt_ci, held_out, mean_ci
 from evals.plots import comparison_bars, read_metrics, training_curves
+from evals.reuse import SOURCE_FIELDS, Protocol, adapter_digest, prior_rows, unchanged
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
 from evals.split import split_train
 from evals.tasks import get_task
@@ -47,6 +53,7 @@ from scaffold.client import PolicyClient
 from scaffold.merge import merge_adapter
 from scaffold.registry import resolve
 from scaffold.server import install_sigterm_handler, policy_endpoint
+from scaffold.trace import Trace, read_jsonl
 from scaffold.types import TaskContract
 
 KNN_K = 10
@@ -142,44 +149,6 @@ def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
     return compute
 
 
-def adapter_digest(subject: Subject) -> str | None:
-    """sha256 of the subject's adapter weights (None for the base model)."""
-    if subject.adapter is None:
-        return None
-    import hashlib
-
-    return hashlib.sha256((subject.adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
-
-
-def reusable_rows(path: Path, task: str, regime: str, items: int, seed: int,
-                  harness: dict) -> dict[tuple[str, str], dict]:
-    """(subject label, program) -> row of an earlier compare.json made on the same items, with
-    the file's mtime under "_written" (for rows from before adapter digests were recorded)."""
-    record = json.loads(path.read_text())
-    same = (record["task"], record.get("regime"), record["items"], record.get("seed", 0),
-            record.get("harness_options", {})) == (task, regime, items, seed, harness)
-    if not same:
-        raise SystemExit(f"--reuse {path}: made on other items or options ({record['title']}); "
-                         "evaluate again without --reuse")
-    written = path.stat().st_mtime
-    return {(r["model"], r["program"]): {**r, "_written": written} for r in record["rows"]
-            if r["model"] != "no LLM"}
-
-
-def unchanged_since(subject: Subject, prior: dict[tuple[str, str], dict]) -> bool:
-    """Whether the subject's weights are the ones an earlier row measured: the same adapter
-    digest, or (rows without one) an adapter file older than that compare."""
-    row = prior.get((subject.label, "none")) or next(
-        (r for (label, _), r in prior.items() if label == subject.label), None)
-    if row is None:
-        return False
-    if subject.adapter is None:
-        return row.get("adapter_sha256") is None
-    if row.get("adapter_sha256"):
-        return row["adapter_sha256"] == adapter_digest(subject)
-    return (subject.adapter / "adapter_model.safetensors").stat().st_mtime < row["_written"]
-
-
 def knn_baseline(task: TaskContract, items: list[Any], index: Any, k: int = KNN_K) -> dict:
     """The nearest-neighbour vote over the train split: the no-LLM baseline row."""
     t0 = time.perf_counter()
@@ -194,13 +163,32 @@ def knn_baseline(task: TaskContract, items: list[Any], index: Any, k: int = KNN_
 def result_row(res: EvalResult, task: TaskContract, subject: Subject) -> dict:
     row = res.row()
     if res.program == "none":  # diagnostics describe the bare answer
-        completions = [(t.final_call().completion if t.final_call() else "") for t in res.traces]
-        row.update(answer_diagnostics(task, completions))
-    row["compute"] = subject.compute
-    row["method"] = subject.config.get("method", "base" if subject.adapter is None else "")
-    row["seed"] = subject.config.get("seed")
-    row["harness"] = subject.config.get("program")  # the harness a run was distilled from
-    return row
+        row.update(bare_diagnostics(task, res.traces))
+    return {**row, **subject_fields(subject)}
+
+
+def reused_row(row: dict, task: TaskContract, subject: Subject) -> dict:
+    """An earlier row (evals/reuse.py) in this compare's form: where it came from, the
+    subject's fields, and the bare answer's diagnostics from its traces when it has none."""
+    out = {k: v for k, v in row.items() if k not in SOURCE_FIELDS}
+    traces = Path(row.get("_traces") or "")
+    if row["program"] == "none" and traces.is_file() and \
+            not any(k.endswith("_rate") for k in row):
+        out.update(bare_diagnostics(task, read_jsonl(traces)))
+    return {**out, **subject_fields(subject), "reused_from": row["_source"]}
+
+
+def bare_diagnostics(task: TaskContract, traces: list[Trace]) -> dict:
+    completions = [(t.final_call().completion if t.final_call() else "") for t in traces]
+    return answer_diagnostics(task, completions)
+
+
+def subject_fields(subject: Subject) -> dict:
+    return {"compute": subject.compute,
+            "method": subject.config.get("method", "base" if subject.adapter is None else ""),
+            "seed": subject.config.get("seed"),
+            "harness": subject.config.get("program"),  # the harness a run was distilled from
+            "adapter_sha256": adapter_digest(subject.adapter)}
 
 
 def add_lift_capture(rows: list[dict]) -> None:
@@ -356,11 +344,23 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the report section, docs/results/NAME.json and the figures' name "
                         "(default: TASK, or TASK-REGIME with a labelled bank): a second study "
                         "of a task under its own name keeps the first one's section")
-    p.add_argument("--reuse", default=None, metavar="COMPARE_JSON",
-                   help="take the rows of an earlier compare on the same items (task, bank, "
-                   "--limit, --seed, --harness) for subjects whose weights have not changed "
-                   "since: adding one run to a report evaluates only that run")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="FILE",
+                   help="take rows measured earlier on the same items (task, model, --limit, "
+                   "--seed; for harness rows also the bank and --harness) for subjects whose "
+                   "weights have not changed since, from an earlier compare.json, a run's own "
+                   "final evaluation (RUN/eval.json) or evals.run's results.json (a folder "
+                   "holding one will do); the first file given wins. Adding one run to a "
+                   "report evaluates only that run; nothing left to evaluate starts no server")
+    p.add_argument("--reattach", nargs="+", default=None, metavar="SUBJECT",
+                   help="evaluate --program only on these: 'base' and folders given in --runs "
+                   "(default: all). The others get their bare row only; on GSM8K at 200 items "
+                   "the self-consistency harness costs about 50 minutes a model here")
     args = p.parse_args(argv)
+    reattach = None if args.reattach is None else \
+        {a if a == "base" else str(Path(a).resolve()) for a in args.reattach}
+    unknown = (reattach or set()) - {"base"} - {str(Path(r).resolve()) for r in args.runs}
+    if unknown:
+        p.error(f"--reattach {', '.join(sorted(unknown))}: not 'base' nor one of --runs")
     if args.name is not None and not re.fullmatch(r"[\w.-]+", args.name):
         p.error(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only (it names files)")
     for program in args.program:
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task(args.task, data_root=args.data_root)
     items = held_out(task.load("test"), args.limit, args.seed)
     subjects = [Subject(label="base")] + [load_subject(r) for r in args.runs]
+    reattached = [reattach is None or s in reattach
+                  for s in ["base", *(str(Path(r).resolve()) for r in args.runs)]]
     label_task = task.kind != "math"
     split = split_train(task, task.load("train"), per_class=args.labeled_per_class,
                         total=args.labeled, seed=args.split_seed) \
@@ -391,35 +393,41 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve(args.model)
     max_tokens = MAX_TOKENS[task.kind]
 
-    prior = reusable_rows(Path(args.reuse), task.name, regime, len(items), args.seed,
-                          args.harness) if args.reuse else {}
+    protocol = Protocol(task=task.name, task_spec=args.task, model=args.model,
+                        limit=args.limit, seed=args.seed, items=len(items), regime=regime,
+                        harness=args.harness, bank_size=args.bank_size)
+    prior = prior_rows([Path(f) for f in args.reuse], protocol,
+                       {s.adapter.resolve(): s.label for s in subjects if s.adapter})
+    plan = []  # (subject, programs, the earlier rows kept for it)
+    for subject, harness_too in zip(subjects, reattached, strict=True):
+        programs = ("none", *args.program) if harness_too else ("none",)
+        kept = {pr: prior[(subject.label, pr)] for pr in programs
+                if (subject.label, pr) in prior
+                and unchanged(subject.adapter, prior[(subject.label, pr)])}
+        plan.append((subject, programs, kept))
+    serve = any(len(kept) < len(programs) for _, programs, kept in plan)
     rows: list[dict] = []
     with policy_endpoint(model_path, args.api_base, enable_lora=False,
-                         log_path=str(out / "vllm.log")) as server:
-        client = PolicyClient(server.base_url, server.model_name)
-        lm = client.dspy_lm(server.model_name, temperature=0.0, max_tokens=max_tokens)
+                         log_path=str(out / "vllm.log")) if serve else nullcontext() as server:
+        lm = PolicyClient(server.base_url, server.model_name).dspy_lm(
+            server.model_name, temperature=0.0, max_tokens=max_tokens) if serve else None
         try:
-            for subject in subjects:
-                programs = ("none", *args.program)
-                kept = {pr: prior[(subject.label, pr)] for pr in programs
-                        if (subject.label, pr) in prior and unchanged_since(subject, prior)}
+            for subject, programs, kept in plan:
                 if len(kept) < len(programs):
                     server.reload_weights(merge_adapter(args.model, subject.adapter)
                                           if subject.adapter else model_path)
                 for program in programs:
                     if program in kept:
-                        print(f"{subject.label} / {program}: reused from {args.reuse}")
-                        row = {k: v for k, v in kept[program].items() if k != "_written"}
-                        rows.append({**row, "compute": subject.compute,
-                                     "adapter_sha256": adapter_digest(subject)})
+                        print(f"{subject.label} / {program}: reused from "
+                              f"{kept[program]['_source']}")
+                        rows.append(reused_row(kept[program], task, subject))
                         continue
                     res = evaluate(task, program, items, lm=lm, model_label=subject.label,
                                    index=index, concurrency=args.concurrency,
                                    harness_options=args.harness if program != "none" else None)
-                    rows.append({**result_row(res, task, subject),
-                                 "adapter_sha256": adapter_digest(subject)})
+                    rows.append(result_row(res, task, subject))
         finally:
-            if args.api_base and len(subjects) > 1:
+            if serve and args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it
     if label_task and not args.no_knn:
         rows.append(knn_baseline(task, items, index))

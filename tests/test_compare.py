@@ -218,35 +218,6 @@ def test_adapter_origin_reads_the_run_layout(tmp_path):
     assert adapter_origin(run / "checkpoints" / "latest" / "adapter") is None
 
 
-def test_reuse_takes_rows_only_for_unchanged_weights_on_the_same_items(tmp_path):
-    import os
-
-    from evals.compare import Subject, adapter_digest, reusable_rows, unchanged_since
-
-    old = make_run(tmp_path / "old", 0, [1.0])
-    new = make_run(tmp_path / "new", 0, [1.0])
-    for run in (old, new):
-        (run / "final_adapter" / "adapter_model.safetensors").write_bytes(run.name.encode())
-    record = {"task": "banking77", "regime": "labeled10pc", "items": 300, "seed": 0,
-              "harness_options": {}, "title": "t",
-              "rows": [row("base", "none", 0.04), row("old", "none", 0.5),
-                       row("old", "draft_verify", 0.7), row("no LLM", "knn-vote k=10", 0.75)]}
-    path = tmp_path / "compare.json"
-    path.write_text(json.dumps(record))
-    os.utime(old / "final_adapter" / "adapter_model.safetensors", (1, 1))  # before the compare
-    prior = reusable_rows(path, "banking77", "labeled10pc", 300, 0, {})
-    assert set(prior) == {("base", "none"), ("old", "none"), ("old", "draft_verify")}
-    assert unchanged_since(Subject(label="base"), prior)
-    assert unchanged_since(load_subject(old), prior)
-    assert not unchanged_since(load_subject(new), prior)  # never measured
-    (old / "final_adapter" / "adapter_model.safetensors").write_bytes(b"trained on")  # newer
-    assert not unchanged_since(load_subject(old), prior)
-    prior[("old", "none")]["adapter_sha256"] = adapter_digest(load_subject(old))
-    assert unchanged_since(load_subject(old), prior)  # a digest decides when there is one
-    with pytest.raises(SystemExit, match="other items"):
-        reusable_rows(path, "banking77", "labeled10pc", 200, 0, {})
-
-
 def test_held_out_curve_reads_eval_every_points_and_the_final_evaluation(tmp_path):
     from evals.plots import held_out_curve
 

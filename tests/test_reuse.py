@@ -1,0 +1,169 @@
+"""evals.compare --reuse and --reattach on hand-built files: which earlier rows stand in for
+an evaluation (same items, same harness, unchanged weights), and a compare that finds every
+row it needs already measured starts no server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from evals.compare import load_subject
+from evals.compare import main as compare
+from evals.reuse import Protocol, adapter_digest, prior_rows, unchanged
+from scaffold.trace import LMCall, Trace, write_jsonl
+from tests.test_compare import make_run, row
+
+TASK = "math:m.jsonl,m.jsonl"
+SC = {"n": 8, "solver": "none"}
+
+
+def protocol(**change) -> Protocol:
+    fields = {"task": TASK, "task_spec": TASK, "model": "m", "limit": 5, "seed": 0,
+              "items": 5, "regime": "all-labels", "harness": SC}
+    return Protocol(**{**fields, **change})
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    rows = [{"question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(5)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")  # --model m: a local folder, never served
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def answers(path: Path, texts: list[str]) -> None:
+    write_jsonl([Trace(f"t/{i}", "none", [LMCall("answer", [], t, None, None, 0.0, {}, None)],
+                       outputs={}) for i, t in enumerate(texts)], path)
+
+
+def trained_run(path: Path) -> Path:
+    """A finished distill.run folder with its own final evaluation, written after its adapter."""
+    run = make_run(path, 0, [1.0, 0.9])
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "task": TASK, "model": "m",
+                                                 "program": "self_consistency"}))
+    adapter = run / "final_adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(b"weights")
+    os.utime(adapter, (1, 1))
+    (run / "eval.json").write_text(json.dumps({"eval_limit": 5, "eval_seed": 0, "rows": [
+        {**row("base", "none", 0.2), "n": 5}, {**row("trained", "none", 0.4), "n": 5}]}))
+    # 2 of the trained run's 4 answers lay out numbered steps first
+    answers(run / "eval-traces-trained.jsonl",
+            ["1. add one\n2. so 2", "The answer is 3.", "Step 1: 4 - 1 = 3\nStep 2: 4", "5"])
+    return run
+
+
+def evals_run_results(folder: Path, **args) -> Path:
+    folder.mkdir(parents=True)
+    record = {"args": {"task": TASK, "model": "m", "adapter": None, "limit": 5, "seed": 0,
+                       "max_tokens": None, "verify": None, "harness": SC, **args},
+              "results": [{**row("policy", "none", 0.25), "n": 5},
+                          {**row("policy", "self_consistency", 0.45), "n": 5}]}
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder / "results.json"
+
+
+def test_an_earlier_compare_is_reused_only_for_unchanged_weights_on_the_same_items(tmp_path):
+    old = make_run(tmp_path / "old", 0, [1.0])
+    (old / "final_adapter" / "adapter_model.safetensors").write_bytes(b"old")
+    record = {"task": "banking77", "regime": "labeled10pc", "items": 300, "seed": 0,
+              "harness_options": {}, "title": "t",
+              "rows": [row("base", "none", 0.04), row("old", "none", 0.5),
+                       row("old", "draft_verify", 0.7), row("no LLM", "knn-vote k=10", 0.75)]}
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(record))
+    os.utime(old / "final_adapter" / "adapter_model.safetensors", (1, 1))  # before the compare
+    b77 = protocol(task="banking77", task_spec="banking77", limit=300, items=300,
+                   regime="labeled10pc", harness={})
+    prior = prior_rows([path], b77, {})
+    assert set(prior) == {("base", "none"), ("old", "none"), ("old", "draft_verify")}
+    assert prior[("old", "none")]["_source"] == str(path)
+    assert unchanged(None, prior[("base", "none")])
+    old_adapter = load_subject(old).adapter
+    assert unchanged(old_adapter, prior[("old", "none")])
+    assert ("new", "none") not in prior  # never measured
+    (old / "final_adapter" / "adapter_model.safetensors").write_bytes(b"trained on")
+    assert not unchanged(old_adapter, prior[("old", "none")])
+    prior[("old", "none")]["adapter_sha256"] = adapter_digest(old_adapter)
+    assert unchanged(old_adapter, prior[("old", "none")])  # a digest decides when there is one
+    with pytest.raises(SystemExit, match="other items"):
+        prior_rows([path], protocol(task="banking77", limit=200, items=200,
+                                    regime="labeled10pc", harness={}), {})
+
+
+def test_a_runs_own_evaluation_and_evals_run_results_are_reused(data):
+    run = trained_run(data / "runs" / "r")
+    results = evals_run_results(data / "runs" / "sc")
+    labels = {(run / "final_adapter").resolve(): "r"}
+    # the folders will do; the first file given wins the base's bare row
+    prior = prior_rows([results.parent, run], protocol(), labels)
+    assert set(prior) == {("base", "none"), ("base", "self_consistency"), ("r", "none")}
+    assert prior[("base", "none")]["score"] == 0.25
+    assert prior[("r", "none")]["score"] == 0.4
+    assert prior[("r", "none")]["_traces"] == str(run / "eval-traces-trained.jsonl")
+    assert prior_rows([run, results], protocol(), labels)[("base", "none")]["score"] == 0.2
+    assert unchanged(load_subject(run).adapter, prior[("r", "none")])
+    # a run that is not compared gives its base row only
+    assert set(prior_rows([run], protocol(), {})) == {("base", "none")}
+    # a harness row is reused only with the same harness options and the whole train split
+    assert set(prior_rows([results], protocol(harness={"n": 4}), {})) == {("base", "none")}
+    assert set(prior_rows([results], protocol(bank_size=100), {})) == {("base", "none")}
+    # results of an adapter find the subject of that adapter
+    adapter = evals_run_results(data / "runs" / "sc-r", adapter=str(run / "final_adapter"))
+    assert set(prior_rows([adapter], protocol(), labels)) == {("r", "none"),
+                                                              ("r", "self_consistency")}
+
+
+def test_reuse_names_the_file_that_does_not_fit(data):
+    run = trained_run(data / "runs" / "r")
+    with pytest.raises(SystemExit, match=r"--reuse .*r/eval.json: made on other items.*10"):
+        prior_rows([run], protocol(limit=10), {})
+    results = evals_run_results(data / "runs" / "sc", model="other")
+    with pytest.raises(SystemExit, match=r"sc/results.json: made on other items.*'other'"):
+        prior_rows([results], protocol(), {})
+    (data / "x.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="x.json: not a compare.json"):
+        prior_rows([data / "x.json"], protocol(), {})
+    with pytest.raises(SystemExit, match="nope.json: cannot read it"):
+        prior_rows([data / "nope.json"], protocol(), {})
+
+
+def no_server(*_args, **_kwargs):
+    raise AssertionError("every row was measured already: no server should start")
+
+
+def test_a_compare_made_of_earlier_rows_starts_no_server(data, monkeypatch):
+    monkeypatch.setattr("evals.compare.policy_endpoint", no_server)
+    run = trained_run(data / "runs" / "r")
+    results = evals_run_results(data / "runs" / "sc")
+    record = compare(["--task", TASK, "--model", "m", "--limit", "5", "--program",
+                      "self_consistency", "--harness", json.dumps(SC), "--runs", str(run),
+                      "--reuse", str(results), str(run / "eval.json"), "--reattach", "base",
+                      "--out", "out", "--report", "docs/results.md"])
+    got = [(r["model"], r["program"], r["score"]) for r in record["rows"]]
+    # the trained run is not reattached: its harness row is neither evaluated nor reported
+    assert got == [("base", "none", 0.25), ("base", "self_consistency", 0.45), ("r", "none", 0.4)]
+    trained = record["rows"][2]
+    assert trained["reused_from"] == str(run / "eval.json")
+    assert trained["method"] == "ophsd" and trained["compute"]["steps"] == 2
+    assert trained["plans_first_rate"] == 0.5  # from the run's traces
+    assert trained["lift_capture"] == pytest.approx((0.4 - 0.25) / (0.45 - 0.25))
+    saved = json.loads((data / "docs" / "results" / f"{record['stem']}.json").read_text())
+    assert [(r["model"], r["program"]) for r in saved["rows"]] == [
+        ("base", "none"), ("base", "self_consistency"), ("ophsd", "none")]
+
+
+def test_reattach_names_a_subject_that_is_not_compared(data, monkeypatch, capsys):
+    monkeypatch.setattr("evals.compare.policy_endpoint", no_server)
+    with pytest.raises(SystemExit) as e:
+        compare(["--task", TASK, "--model", "m", "--program", "self_consistency",
+                 "--runs", "runs/a", "--reattach", "runs/b"])
+    assert e.value.code == 2  # argparse's usage error, before any run folder is read
+    err = capsys.readouterr().err
+    assert "--reattach" in err and "runs/b: not 'base' nor one of --runs" in err
