@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     bars = comparison_bars(rows, out / "compare.png", title)
     runs = curve_runs(subjects)
     curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
-    command = "python -m evals.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m evals.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     record = {"command": command, "task": task.name, "regime": regime, "stem": stem,
               "seed": args.seed, "harness_options": args.harness,
               "bank": len(split.bank) if split else None, "title": title, "items": len(items),

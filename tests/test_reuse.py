@@ -157,6 +157,8 @@ def test_a_compare_made_of_earlier_rows_starts_no_server(data, monkeypatch):
     saved = json.loads((data / "docs" / "results" / f"{record['stem']}.json").read_text())
     assert [(r["model"], r["program"]) for r in saved["rows"]] == [
         ("base", "none"), ("base", "self_consistency"), ("ophsd", "none")]
+    # the command as a shell reads it back: --harness's JSON stays one quoted argument
+    assert f"--harness '{json.dumps(SC)}'" in saved["command"]
 
 
 def test_reattach_names_a_subject_that_is_not_compared(data, monkeypatch, capsys):

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GSM8K section of docs/results.md (issue 15, item 4): Qwen2.5-Coder-0.5B, 200 test
+# items (seed-0 draw), greedy; the harness is self-consistency over the bare prompt (8
+# samples at T = 0.7, majority vote), the one tried that lifts this model. Distill runs that
+# finished are not run again (each keeps its own evaluation), so a rerun costs only what is
+# missing:
+#   bash scripts/gsm8k_report.sh                           # the harness reattached on base
+#   REATTACH="runs/g8k-vote-anchor-s2" bash scripts/gsm8k_report.sh   # ... and on these runs
+# On this 2-core CPU: each training run 10-50 minutes, its own bare evaluation 6 minutes a
+# model, the harness 52 minutes a model (so REATTACH adds 52 minutes a run).
+# 1. the harness on the base model;
+# 2. every method on the same 96 training problems (12 steps x 8): OPHSD with the vote's
+#    teacher (lr 2e-5; lr 2e-4; lr 2e-4 with a KL anchor to the base, and 12 more steps of
+#    it on new problems; on the vote's own samples), OPSD and SSOPD with the anchored run's
+#    levers, SFT on the vote's correct samples, SFT on the reference solutions;
+# 3. evals.compare: the bare rows from each run's own final evaluation, the base's harness
+#    row from step 1, the harness reattached on REATTACH; with the findings in
+#    docs/notes/gsm8k.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+MODEL=qwen2.5-coder-0.5b-instruct
+SC='{"n": 8, "solver": "none"}'
+ANCHORED=(--config configs/gsm8k_vote_anchor.yaml)
+
+[ -f runs/g8k-sc8bare/results.json ] || $PY -m evals.run --task gsm8k --model $MODEL \
+    --program self_consistency --harness "$SC" --limit 200 --out runs/g8k-sc8bare
+$PY -m distill.run --config configs/gsm8k_vote.yaml
+$PY -m distill.run --config configs/gsm8k_vote.yaml --lr 0.0002 --out runs/g8k-vote-lr2e-4
+$PY -m distill.run "${ANCHORED[@]}"
+$PY -m distill.run "${ANCHORED[@]}" --init-adapter runs/g8k-vote-anchor/final_adapter \
+    --seed 1 --out runs/g8k-vote-anchor-s2
+$PY -m distill.run --config configs/gsm8k_vote_rollouts.yaml
+$PY -m distill.run "${ANCHORED[@]}" --method opsd --harness '{}' --out runs/g8k-opsd-anchor
+$PY -m distill.run "${ANCHORED[@]}" --method ssopd --rollouts 4 --harness '{}' \
+    --out runs/g8k-ssopd-anchor
+$PY -m distill.run --config configs/gsm8k_vote_sft.yaml
+$PY -m distill.run --config configs/gsm8k_gold_sft.yaml
+
+RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
+      runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
+      runs/g8k-gold-sft)
+REUSE=(runs/g8k-sc8bare/results.json "${RUNS[@]}")
+[ -f runs/compare-gsm8k/compare.json ] && REUSE=(runs/compare-gsm8k/compare.json "${REUSE[@]}")
+# shellcheck disable=SC2086
+$PY -m evals.compare --task gsm8k --model $MODEL --program self_consistency --harness "$SC" \
+    --limit 200 --runs "${RUNS[@]}" --reuse "${REUSE[@]}" --reattach base ${REATTACH:-} \
+    --out runs/compare-gsm8k --report docs/results.md --notes docs/notes/gsm8k.md
