@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/distill_step.py --side ours-server --steps 5
     .venv/bin/python benchmarks/distill_step.py --print-only        # re-print saved JSON
     .venv/bin/python benchmarks/distill_step.py --side ours-trainer --profile   # top ops
+    .venv/bin/python benchmarks/distill_step.py --side ours-trainer trl --micro-batch 8 32 \
+        --model qwen2.5-coder-0.5b-instruct --shapes long --batch 16   # a GPU, no vLLM there
     # the peer (TRL, the bench extra) comes with scripts/setup_env.sh
 
 Shapes (``--shapes``):
@@ -41,11 +43,15 @@ Sides, each in a fresh subprocess (own heap, own peak RSS):
   turn without the "Label:" prefill (it rejects prompts ending in an assistant turn), so
   its prompts are a few tokens shorter; the table lists both sides' prompt lengths.
 
-Common: SmolLM2-135M-Instruct, base weights in the dtype the CPU runs natively
-(``scaffold.hardware``: bf16 with AVX512-BF16/AMX, else fp32), LoRA r=16, alpha=32,
+Common: SmolLM2-135M-Instruct (``--model``: any bundled name or model folder), base weights
+in the dtype the device runs natively (``scaffold.hardware``: bf16 on a GPU or with
+AVX512-BF16/AMX, else fp32), LoRA r=16, alpha=32,
 dropout 0 on every decoder linear layer (fp32 adapter weights), AdamW, grad-norm clip 1.0,
 no gradient checkpointing. Memory: after the trainer is built the peak-RSS mark is reset
-(``/proc/self/clear_refs`` 5); "peak dRSS" is VmHWM at the end minus the RSS then.
+(``/proc/self/clear_refs`` 5); "peak dRSS" is VmHWM at the end minus the RSS then. On a GPU
+both sides run there (TRL's Trainer and ours pick CUDA when it is present), each step is
+timed between ``torch.cuda.synchronize()`` calls, and "peak GPU MB" is
+``torch.cuda.max_memory_allocated`` over the timed steps, the weights included.
 
 ``--attention`` and ``--lora-compute`` set the trainer's (`distill.trainer.TrainerConfig`);
 ``--attention sdpa --lora-compute float32`` is the step as it was before the grouped
@@ -181,7 +187,35 @@ def _cpu_name() -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_native_bf16() else 'no'}"
+    import torch
+
+    gpu = f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{name}, {os.cpu_count()} cores, native bf16: "
+            f"{'yes' if cpu_native_bf16() else 'no'}{gpu}")
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work, so that a wall-clock mark means what it says."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _reset_gpu_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_peak() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "gpu": torch.cuda.get_device_name()}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -209,7 +243,6 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
     from transformers import AutoTokenizer
 
     from distill.answer_space import AnswerSpace
-    from distill.loop import score_teacher_on_server
     from distill.losses import LossConfig
     from distill.pairs import StepInputs
     from distill.trainer import DistillTrainer, TrainerConfig
@@ -217,7 +250,7 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
     from scaffold.chat import render_ids
     from scaffold.registry import resolve
 
-    path = resolve(MODEL)
+    path = resolve(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     examples = build_examples(tokenizer, args.shapes, args.batch, args.response_tokens)
     label = args.shapes == "label"
@@ -230,7 +263,8 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
                    max_len=4096, space=space)
     pairs = inputs.pairs
     server = None
-    if scorer == "server":
+    if scorer == "server":  # the loop (and DSPy with it) only where a server scores
+        from distill.loop import score_teacher_on_server
         from scaffold.client import PolicyClient
         from scaffold.server import PolicyServer, ServerConfig
 
@@ -249,10 +283,12 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
     trainer = DistillTrainer(cfg, tokenizer=tokenizer)
     rss_loaded = _rss_mb()
     reset_ok = _reset_peak()
+    _reset_gpu_peak()
 
     steps = []
     try:
         for i in range(args.warmup + args.steps):
+            _sync()
             t0 = time.perf_counter()
             scoring = 0.0
             if server is not None:
@@ -261,6 +297,7 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
             stats = trainer.train_step(
                 pairs, supports=inputs.supports,
                 teacher_logprobs=inputs.teacher_logprobs if server is not None else None)
+            _sync()
             wall = time.perf_counter() - t0
             if i >= args.warmup:
                 steps.append({
@@ -268,6 +305,7 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
                     "student_s": stats["time_student_s"], "optim_s": stats["time_optim_s"],
                 })
         peak = _peak_mb(reset_ok)
+        gpu = _gpu_peak()
         top_ops = _profile_step(trainer, inputs, server is not None, ctx if server else None) \
             if args.profile else []
     finally:
@@ -287,7 +325,7 @@ def run_ours(args: argparse.Namespace, micro_batch: int, scorer: str) -> dict:
         "teacher_requests": inputs.counts["teacher_requests"] // max(1, args.warmup + args.steps),
         "last_loss": stats["loss"], "steps": steps, **_summary(steps, tokens),
         "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak, "peak_rss_delta_mb": peak - rss_loaded,
-        "peak_reset": reset_ok,
+        "peak_reset": reset_ok, **gpu,
         "contains": f"{teacher} + student fwd/bwd + chunked loss + clip + AdamW; rollouts "
                     "precomputed (vLLM in Scaffold), not in the step",
     }
@@ -326,7 +364,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     from distill.trainer import lora_target_modules, resolve_dtype
     from scaffold.registry import resolve
 
-    path = resolve(MODEL)
+    path = resolve(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
     examples = build_examples(tokenizer, args.shapes, args.batch, args.response_tokens)
     total_steps = args.warmup + args.steps
@@ -407,9 +445,11 @@ def run_trl(args: argparse.Namespace) -> dict:
             for key in ("gen", "teacher", "train_step"):
                 clock[key] = 0.0
             clock["prompt_lens"], clock["comp_lens"] = [], []
+            _sync()
             clock["t0"] = time.perf_counter()
 
         def on_step_end(self, args_, state, control, **kw):
+            _sync()
             wall = time.perf_counter() - clock["t0"]
             if state.global_step > args.warmup:
                 student = clock["train_step"] - clock["gen"] - clock["teacher"]
@@ -422,8 +462,10 @@ def run_trl(args: argparse.Namespace) -> dict:
     trainer.add_callback(StepTimer())
     rss_loaded = _rss_mb()
     reset_ok = _reset_peak()
+    _reset_gpu_peak()
     trainer.train()
     peak = _peak_mb(reset_ok)
+    gpu = _gpu_peak()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = sum(clock["comp_lens"])
     return {
@@ -434,7 +476,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         "response_tokens": clock["comp_lens"],
         "last_loss": losses[-1] if losses else None, "steps": steps, **_summary(steps, tokens),
         "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak, "peak_rss_delta_mb": peak - rss_loaded,
-        "peak_reset": reset_ok,
+        "peak_reset": reset_ok, **gpu,
         "contains": "HF generate (LoRA on, min=max new tokens) + teacher-prompt tokenize + "
                     "student fwd + teacher fwd + full-logits reverse KL + bwd + clip + AdamW",
     }
@@ -458,6 +500,7 @@ def _spawn(args: argparse.Namespace, worker: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = Path(tmp.name)
     cmd = [sys.executable, __file__, "--worker", worker, "--worker-out", str(out),
+           "--model", args.model,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--shapes", args.shapes,
            "--batch", str(args.batch), "--response-tokens", str(args.response_tokens)]
     if args.gradient_checkpointing:
@@ -499,13 +542,13 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
     console = Console(width=max(230, Console().width))
     shape = "label answers (77-label prompt, draft prompt teacher), forward KL" \
         if args.shapes == "label" else f"{args.response_tokens} response tokens, reverse KL"
-    table = Table(title=f"Distillation step: {MODEL}, batch {args.batch}, {shape}, LoRA r=16, "
+    table = Table(title=f"Distillation step: {args.model}, batch {args.batch}, {shape}, LoRA r=16, "
                         f"gradient "
                         f"checkpointing {'on' if args.gradient_checkpointing else 'off'} "
                         f"({args.steps} timed steps after {args.warmup} warm-up)")
     cols = ("side", "step s", "step min s", "teacher s", "student f+b s", "optim s",
             "generation s", "step-gen s", "step-gen min s", "peak dRSS MB", "peak RSS MB",
-            "tok/s", "tok/s excl gen", "prompt S/T")
+            "peak GPU MB", "tok/s", "tok/s excl gen", "prompt S/T")
     table.add_column(cols[0], min_width=18)
     for col in cols[1:]:
         table.add_column(col, justify="right", no_wrap=True)
@@ -518,7 +561,8 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
             _fmt(r["teacher_s"]), _fmt(r["student_s"]), _fmt(r["optim_s"]),
             _fmt(r.get("generation_s")), _fmt(r.get("step_excl_gen_s", r["step_s"])),
             f"{_min(r, 'step_excl_gen_s'):.2f}", f"{r['peak_rss_delta_mb']:.0f}",
-            f"{r['peak_rss_mb']:.0f}", f"{r['tokens_per_s']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-", f"{r['tokens_per_s']:.1f}",
             f"{r.get('tokens_per_s_excl_gen', r['tokens_per_s']):.1f}",
             f"{max(r['student_prompt_tokens'])}/{max(t for t in t_prompt if t is not None)}",
         )
@@ -532,12 +576,14 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
 
             min_excl = _min(o, "step_s") / _min(peer, "step_excl_gen_s")
             mem = o["peak_rss_delta_mb"] / peer["peak_rss_delta_mb"]
+            gpu_mem = o["peak_gpu_mb"] / peer["peak_gpu_mb"] if "peak_gpu_mb" in peer else None
             table.add_row(
                 f"{o['side']}/peer (mbs {o['micro_batch']})", f"{ratio('step_s'):.2f}x",
                 f"{_min(o, 'step_s') / _min(peer, 'step_s'):.2f}x", f"{ratio('teacher_s'):.2f}x",
                 f"{ratio('student_s'):.2f}x", f"{ratio('optim_s'):.2f}x", "",
                 f"{ratio('step_s', 'step_excl_gen_s'):.2f}x", f"{min_excl:.2f}x", f"{mem:.2f}x",
                 f"{o['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x",
+                f"{gpu_mem:.2f}x" if gpu_mem is not None else "",
                 f"{o['tokens_per_s'] / peer['tokens_per_s']:.2f}x",
                 f"{o['tokens_per_s'] / peer['tokens_per_s_excl_gen']:.2f}x", "",
             )
@@ -546,7 +592,8 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
                 f"{o['side']} mbs {o['micro_batch']}: speed-up {1 / ratio('step_s'):.2f}x incl. peer generation, "
                 f"{excl:.2f}x excl. it (min over steps: {1 / min_excl:.2f}x); goal >= 1.5x on the "
                 f"like-for-like (excl. generation) number: {'met' if excl >= 1.5 else 'NOT met'}. "
-                f"Peak dRSS {mem:.2f}x of peer; goal <= 0.7x: {'met' if mem <= 0.7 else 'NOT met'}.")
+                f"Peak dRSS {mem:.2f}x of peer; goal <= 0.7x: {'met' if mem <= 0.7 else 'NOT met'}."
+                + (f" Peak GPU memory {gpu_mem:.2f}x of peer." if gpu_mem is not None else ""))
     console.print(table)
     console.print("ours: train_step on fixed response ids (rollouts from vLLM, outside the step). "
                   "TRL: Trainer step incl. HF generate. Last row = ours / peer "
@@ -575,6 +622,8 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=MODEL,
+                   help="a bundled model name or a model folder, for both sides")
     p.add_argument("--steps", type=int, default=3, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--shapes", choices=("label", "long"), default="label",
@@ -589,7 +638,9 @@ def main() -> None:
                    help="TRL: per-device batch, the rest by gradient accumulation (default: "
                         "the whole --batch in one)")
     p.add_argument("--side", choices=("all", "ours", "ours-trainer", "ours-server", "trl"),
-                   default="all", help="ours: both of our teacher scorers")
+                   nargs="+", default=["all"],
+                   help="one or more; ours: both of our teacher scorers (ours-server starts "
+                        "a vLLM server: leave it out where vLLM is not installed)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="checkpoint the decoder layers on both sides (TRL's default; ours: off)")
     p.add_argument("--attention", default="auto",
@@ -612,6 +663,7 @@ def main() -> None:
         for key in ("batch", "response_tokens", "steps", "warmup", "gradient_checkpointing",
                     "shapes"):
             setattr(args, key, saved.get(key, False))
+        args.model = saved.get("model", MODEL)
         print_table(saved["results"], args, saved["load_average"])
         return
 
@@ -620,12 +672,14 @@ def main() -> None:
     label = args.shapes == "label"
     args.batch = args.batch or (32 if label else 4)
     args.response_tokens = args.response_tokens or (7 if label else 256)
-    scorers = ["trainer", "server"] if label else ["trainer"]
-    if args.side.startswith("ours-"):
-        scorers = [args.side.removeprefix("ours-")]
-    if args.side in ("all", "ours") or args.side.startswith("ours-"):
-        workers += [f"ours-{s}:{m}" for s in scorers for m in args.micro_batch]
-    if args.side in ("all", "trl"):
+    sides = set(args.side)
+    scorers = [s for s in ("trainer", "server") if sides & {"all", "ours", f"ours-{s}"}]
+    if not label and "server" in scorers:
+        if "ours-server" in sides:
+            p.error("--side ours-server: the server scores label answers only (--shapes label)")
+        scorers.remove("server")
+    workers += [f"ours-{s}:{m}" for s in scorers for m in args.micro_batch]
+    if sides & {"all", "trl"}:
         workers.append("trl")
     results = [_spawn(args, w) for w in workers]
     load = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
@@ -633,7 +687,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": MODEL, "shapes": args.shapes, "batch": args.batch,
+        "model": args.model, "shapes": args.shapes, "batch": args.batch,
         "response_tokens": args.response_tokens, "cpu": _cpu_name(), "steps": args.steps, "warmup": args.warmup, "load_average": load,
         "gradient_checkpointing": args.gradient_checkpointing,
         "cpus": os.cpu_count(), "results": results, "verdict": notes,

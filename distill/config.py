@@ -389,6 +389,10 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                     "whole model on one rank: use --sync lora (or auto)")
         if cfg.teacher == "ema":
             p.error("--fsdp does not support --teacher ema: use live or frozen")
+        from distill.fsdp import unsupported_reason
+
+        if (why := unsupported_reason()) is not None:
+            p.error(f"--fsdp: {why}")
     if cfg.tensor_parallel < 1 or cfg.data_parallel < 1:
         p.error("--tensor-parallel and --data-parallel must be >= 1")
     if cfg.max_model_len is not None and cfg.max_model_len < cfg.max_len:

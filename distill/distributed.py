@@ -25,6 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from scaffold.errors import ScaffoldError
+
+
+class MoreRanksThanGPUs(ScaffoldError, RuntimeError):
+    """A node starts more ranks than it has GPUs; the message says how many to start."""
+
 
 @dataclass(frozen=True)
 class World:
@@ -52,7 +58,13 @@ def init_from_env() -> World:
     if size > 1 and not dist.is_initialized():
         backend = "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if local >= gpus:  # else CUDA's "invalid device ordinal" (seen on one H200)
+                raise MoreRanksThanGPUs(
+                    f"this node's rank {local} has no GPU of its own: {gpus} visible. Start at "
+                    f"most {gpus} process(es) a node (torchrun --nproc-per-node {gpus}), or "
+                    "hide the GPUs (CUDA_VISIBLE_DEVICES=) to run every rank on CPU with gloo")
+            torch.cuda.set_device(local)
             # the small reductions below (counts, flags) are CPU tensors: gloo carries them,
             # NCCL the gradients and FSDP's GPU collectives
             backend = "cpu:gloo,cuda:nccl"

@@ -41,11 +41,31 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+# FSDPModule methods shard_decoder needs: torch 2.13 has all three; torch 2.11 (an H200's
+# image) lacks the last, and the ranks' collectives could then differ (see shard_decoder)
+NEEDED_METHODS = ("set_gradient_divide_factor", "set_force_sum_reduction_for_comms",
+                  "set_reduce_scatter_unused_params")
+
+
+def unsupported_reason() -> str | None:
+    """Why this torch cannot run --fsdp (None: it can), in words that name the fix."""
+    from torch.distributed.fsdp import FSDPModule
+
+    missing = [m for m in NEEDED_METHODS if not hasattr(FSDPModule, m)]
+    if not missing:
+        return None
+    return (f"torch {torch.__version__} lacks FSDPModule.{', .'.join(missing)}, which the "
+            "sharded step needs: install torch >= 2.13, or drop --fsdp (the whole-model ranks "
+            "of plain torchrun need neither)")
+
 
 def shard_decoder(decoder: torch.nn.Module, device: torch.device, world_size: int) -> None:
     """Shard each decoder layer, then the decoder, over a 1-D mesh of `world_size` ranks."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if (why := unsupported_reason()) is not None:
+        raise RuntimeError(f"--fsdp: {why}")
 
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):

@@ -9,12 +9,14 @@ transcripts (`distill.transcripts`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.answer_space import AnswerSpace
 from distill.splicing import ContextTooLong, SplicedPair, splice
-from scaffold.trace import Trace
 from scaffold.types import Example, TaskContract
+
+if TYPE_CHECKING:  # annotations only: the step's inputs import without DSPy (a bare GPU box)
+    from scaffold.trace import Trace
 
 
 @dataclass(frozen=True)

@@ -361,12 +361,16 @@ class DistillTrainer:
         weights: str = "live",
     ) -> torch.Tensor:
         """Hidden states under the given weights ("live" | "frozen" | "ema"), eval mode, no grad.
-        For inspection and tests."""
+        For inspection and tests. The ids may be on any device; the states come back on the
+        trainer's (on a GPU, CPU ids failed in the embedding lookup: scripts/gpu_check_offline.sh)."""
         was_training = self.model.training
         self.model.eval()
+        if position_ids is not None:
+            position_ids = position_ids.to(self.device)
         try:
             with self.teacher_weights(weights):
-                return self.last_hidden(input_ids, attention_mask, position_ids)
+                return self.last_hidden(input_ids.to(self.device),
+                                        attention_mask.to(self.device), position_ids)
         finally:
             self.model.train(was_training)
 

@@ -95,3 +95,16 @@ def test_fsdp_needs_torchrun_ranks_and_a_lora_sync(capsys, monkeypatch):
     assert "--teacher ema" in error_of(["--fsdp", "--teacher", "ema"], capsys)
     assert parse_args(["--fsdp"]).fsdp
     assert resolve_sync("auto", None, fsdp=True) == "lora"
+
+
+def test_fsdp_on_a_torch_without_the_needed_fsdp2_methods_is_refused(capsys, monkeypatch):
+    """torch 2.11 (an H200's image) lacks FSDPModule.set_reduce_scatter_unused_params: the
+    ranks failed inside the trainer's constructor. Now the flag is refused first, naming
+    the version and the fix."""
+    from torch.distributed.fsdp import FSDPModule
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delattr(FSDPModule, "set_reduce_scatter_unused_params")
+    error = error_of(["--fsdp"], capsys)
+    assert "lacks FSDPModule.set_reduce_scatter_unused_params" in error
+    assert "torch >= 2.13" in error

@@ -12,10 +12,25 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from distill.distributed import World, shard
-from tests.test_trainer import make_pairs, make_trainer, tiny_model_dir  # noqa: F401  (fixture)
+from distill.distributed import MoreRanksThanGPUs, World, init_from_env, shard
+from tests import test_trainer
+from tests.test_trainer import make_pairs, tiny_model_dir  # noqa: F401  (fixture)
 
 WORLD = 2
+
+
+@pytest.fixture(autouse=True)
+def ranks_on_cpu(monkeypatch):
+    """These are gloo ranks on CPU, wherever the tests run: on a machine with one GPU, two
+    ranks that saw it both took it, and NCCL refused them ("Duplicate GPU detected", on
+    an H200). Spawned and launched ranks inherit the hidden GPUs."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def make_trainer(model_dir: str, **overrides):
+    """test_trainer's trainer, on the CPU beside the ranks (this process may have seen a GPU
+    before the fixture above hid it)."""
+    return test_trainer.make_trainer(model_dir, device="cpu", **overrides)
 
 
 def free_port() -> int:
@@ -55,6 +70,18 @@ def step_on_this_ranks_share(model_dir: str, out: str) -> None:
                    Path(out) / f"rank{w.rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def test_more_ranks_than_gpus_is_refused_with_the_count_to_start(monkeypatch):
+    """torchrun --nproc-per-node 2 on one GPU: rank 1 is told how many to start, before
+    CUDA's "invalid device ordinal" (seen on an H200) and before any process group."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device called"))
+    with pytest.raises(MoreRanksThanGPUs, match=r"rank 1 has no GPU.*--nproc-per-node 1"):
+        init_from_env()
 
 
 def test_shard_takes_every_size_th_example():

@@ -31,7 +31,7 @@ def teacher_logprobs_on(trainer, pairs, supports) -> list[list[list[float]]]:
     batch = collate(pairs, pad_id=0)
     hidden = trainer.hidden_states(batch.teacher_input_ids, batch.teacher_attention_mask,
                                    batch.teacher_position_ids, weights="live")
-    rows = gather_response_positions(hidden, batch.teacher_response_mask)
+    rows = gather_response_positions(hidden, batch.teacher_response_mask.to(hidden.device))
     logprobs = torch.log_softmax(trainer.lm_head(rows).float(), dim=-1)
     out, k = [], 0
     for sup in supports:

@@ -161,7 +161,7 @@ def test_server_scored_teacher_equals_the_trainers_teacher_forward(vllm_server, 
     batch = collate(out.pairs, trainer.pad_id)
     hidden = trainer.hidden_states(batch.teacher_input_ids, batch.teacher_attention_mask,
                                    batch.teacher_position_ids, weights="live")
-    rows = gather_response_positions(hidden, batch.teacher_response_mask)
+    rows = gather_response_positions(hidden, batch.teacher_response_mask.to(hidden.device))
     # logits as the loss computes them (fp32 head over the hidden states, distill.losses)
     hf = torch.log_softmax(torch.nn.functional.linear(
         rows.float(), trainer.lm_head.weight.float()), dim=-1)

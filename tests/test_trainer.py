@@ -71,12 +71,13 @@ def reference_hidden(model_dir: str, batch, side: str = "student") -> torch.Tens
 
 
 def trainer_hidden(trainer: DistillTrainer, batch, weights: str) -> torch.Tensor:
+    """On the CPU, beside reference_hidden's, wherever the trainer computes."""
     return trainer.hidden_states(
         batch.student_input_ids,
         batch.student_attention_mask,
         batch.student_position_ids,
         weights=weights,
-    )
+    ).cpu()
 
 
 def lora_numel(trainer: DistillTrainer) -> int:
@@ -237,7 +238,7 @@ def base_kl_per_token(trainer: DistillTrainer, pairs: list) -> torch.Tensor:
     from distill.splicing import gather_response_positions
 
     batch = collate(pairs, pad_id=0)
-    head = trainer.lm_head.weight.float()
+    head = trainer.lm_head.weight.float().cpu()  # beside trainer_hidden's CPU states
     logp = {}
     for weights in ("live", "frozen"):
         hidden = gather_response_positions(trainer_hidden(trainer, batch, weights),
@@ -466,5 +467,5 @@ def test_save_merged_rewrites_in_place_and_equals_a_fresh_file(tiny_model_dir, t
     by_hand = (layer.base_layer.weight.float() + layer.lora_B["default"].weight
                @ layer.lora_A["default"].weight * layer.scaling["default"]).to(torch.bfloat16)
     assert not torch.equal(by_hand, layer.base_layer.weight)
-    torch.testing.assert_close(in_place["model.layers.0.self_attn.q_proj.weight"], by_hand,
+    torch.testing.assert_close(in_place["model.layers.0.self_attn.q_proj.weight"], by_hand.cpu(),
                                atol=0, rtol=1e-2)
