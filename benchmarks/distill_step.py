@@ -51,7 +51,7 @@ no gradient checkpointing. Memory: after the trainer is built the peak-RSS mark 
 (``/proc/self/clear_refs`` 5); "peak dRSS" is VmHWM at the end minus the RSS then. On a GPU
 both sides run there (TRL's Trainer and ours pick CUDA when it is present), each step is
 timed between ``torch.cuda.synchronize()`` calls, and "peak GPU MB" is
-``torch.cuda.max_memory_allocated`` over the timed steps, the weights included.
+``torch.cuda.max_memory_allocated`` over the warm-up and timed steps, the weights included.
 
 ``--attention`` and ``--lora-compute`` set the trainer's (`distill.trainer.TrainerConfig`);
 ``--attention sdpa --lora-compute float32`` is the step as it was before the grouped
@@ -335,10 +335,10 @@ def _profile_step(trainer, inputs, given: bool, ctx) -> list[dict]:
     """One more step under torch.profiler: the operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from distill.loop import score_teacher_on_server
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        if given:
+        if given:  # the loop (and DSPy with it) only where a server scores
+            from distill.loop import score_teacher_on_server
+
             score_teacher_on_server(ctx, inputs)
         trainer.train_step(inputs.pairs, supports=inputs.supports,
                            teacher_logprobs=inputs.teacher_logprobs if given else None)
@@ -576,7 +576,8 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
 
             min_excl = _min(o, "step_s") / _min(peer, "step_excl_gen_s")
             mem = o["peak_rss_delta_mb"] / peer["peak_rss_delta_mb"]
-            gpu_mem = o["peak_gpu_mb"] / peer["peak_gpu_mb"] if "peak_gpu_mb" in peer else None
+            gpu_mem = o["peak_gpu_mb"] / peer["peak_gpu_mb"] \
+                if "peak_gpu_mb" in peer and "peak_gpu_mb" in o else None
             table.add_row(
                 f"{o['side']}/peer (mbs {o['micro_batch']})", f"{ratio('step_s'):.2f}x",
                 f"{_min(o, 'step_s') / _min(peer, 'step_s'):.2f}x", f"{ratio('teacher_s'):.2f}x",

@@ -42,7 +42,8 @@ import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 # FSDPModule methods shard_decoder needs: torch 2.13 has all three; torch 2.11 (an H200's
-# image) lacks the last, and the ranks' collectives could then differ (see shard_decoder)
+# image) lacks the last (versions between were not seen), without which the ranks'
+# collectives could differ (see shard_decoder)
 NEEDED_METHODS = ("set_gradient_divide_factor", "set_force_sum_reduction_for_comms",
                   "set_reduce_scatter_unused_params")
 
@@ -55,8 +56,8 @@ def unsupported_reason() -> str | None:
     if not missing:
         return None
     return (f"torch {torch.__version__} lacks FSDPModule.{', .'.join(missing)}, which the "
-            "sharded step needs: install torch >= 2.13, or drop --fsdp (the whole-model ranks "
-            "of plain torchrun need neither)")
+            "sharded step needs: install a torch that has it (2.13 has it), or drop --fsdp "
+            "(the whole-model ranks of plain torchrun need neither)")
 
 
 def shard_decoder(decoder: torch.nn.Module, device: torch.device, world_size: int) -> None:

@@ -86,6 +86,7 @@ def test_sync_every_must_divide_checkpoint_every(capsys):
 def test_fsdp_needs_torchrun_ranks_and_a_lora_sync(capsys, monkeypatch):
     """--fsdp shards over torchrun's ranks, so one process is refused; its base weights stay
     sharded, so a merged sync is refused and auto resolves to LoRA hot-load."""
+    from distill.fsdp import unsupported_reason
     from distill.run import resolve_sync
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -93,7 +94,8 @@ def test_fsdp_needs_torchrun_ranks_and_a_lora_sync(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "use --sync lora" in error_of(["--fsdp", "--sync", "merged"], capsys)
     assert "--teacher ema" in error_of(["--fsdp", "--teacher", "ema"], capsys)
-    assert parse_args(["--fsdp"]).fsdp
+    if unsupported_reason() is None:  # else refused, as the next test checks
+        assert parse_args(["--fsdp"]).fsdp
     assert resolve_sync("auto", None, fsdp=True) == "lora"
 
 
@@ -104,7 +106,7 @@ def test_fsdp_on_a_torch_without_the_needed_fsdp2_methods_is_refused(capsys, mon
     from torch.distributed.fsdp import FSDPModule
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.delattr(FSDPModule, "set_reduce_scatter_unused_params")
+    monkeypatch.delattr(FSDPModule, "set_reduce_scatter_unused_params", raising=False)
     error = error_of(["--fsdp"], capsys)
     assert "lacks FSDPModule.set_reduce_scatter_unused_params" in error
-    assert "torch >= 2.13" in error
+    assert "2.13 has it" in error

@@ -13,18 +13,35 @@ import torch
 import torch.multiprocessing as mp
 
 from distill.distributed import MoreRanksThanGPUs, World, init_from_env, shard
+from distill.fsdp import unsupported_reason
 from tests import test_trainer
 from tests.test_trainer import make_pairs, tiny_model_dir  # noqa: F401  (fixture)
 
 WORLD = 2
 
 
-@pytest.fixture(autouse=True)
-def ranks_on_cpu(monkeypatch):
-    """These are gloo ranks on CPU, wherever the tests run: on a machine with one GPU, two
-    ranks that saw it both took it, and NCCL refused them ("Duplicate GPU detected", on
-    an H200). Spawned and launched ranks inherit the hidden GPUs."""
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+needs_fsdp2 = pytest.mark.skipif(
+    unsupported_reason() is not None,
+    reason="this torch lacks FSDP2 methods --fsdp needs (distill.fsdp.unsupported_reason)")
+
+
+def spawn_on_cpu(fn, args: tuple) -> None:
+    """mp.spawn of WORLD gloo ranks on CPU, wherever the tests run: on a machine with one
+    GPU, two ranks that saw it both took it, and NCCL refused them ("Duplicate GPU
+    detected", on an H200). Only the children see the GPUs hidden; this process keeps
+    them (hiding them here before its first CUDA query would hide them for good)."""
+    import os
+
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ.update(NO_GPU)
+    try:
+        mp.spawn(fn, args=args, nprocs=WORLD, join=True)
+    finally:
+        if saved is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def make_trainer(model_dir: str, **overrides):
@@ -114,8 +131,7 @@ def assert_step_matches_one_process(out: Path, model_dir: str) -> None:
 
 
 def test_two_gloo_ranks_take_the_one_process_step(tiny_model_dir, tmp_path):  # noqa: F811
-    mp.spawn(one_rank, args=(tiny_model_dir, free_port(), str(tmp_path)), nprocs=WORLD,
-             join=True)
+    spawn_on_cpu(one_rank, (tiny_model_dir, free_port(), str(tmp_path)))
     assert_step_matches_one_process(tmp_path, tiny_model_dir)
 
 
@@ -141,7 +157,7 @@ def test_launched_ranks_take_the_one_process_step(launcher, tiny_model_dir, tmp_
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, **NO_GPU, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, *LAUNCHERS[launcher], str(free_port()),
            "-m", "tests.launched_rank", tiny_model_dir, str(tmp_path)]
@@ -209,13 +225,13 @@ def fsdp_rank(rank: int, model_dir: str, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@needs_fsdp2
 def test_fsdp_ranks_take_the_one_process_step_and_resume_exactly(tiny_model_dir, tmp_path):  # noqa: F811
     """With --fsdp each rank holds half of the decoder's weights (the head stays whole);
     the step on uneven shares (3 pairs and 1, then 3 and none) equals one process's step
     on all of them, computed with the shared prefix; and a trainer restored from the
     adapter, the resume state and the rank's optimizer shard retakes step 2 bit for bit."""
-    mp.spawn(fsdp_rank, args=(tiny_model_dir, free_port(), str(tmp_path)), nprocs=WORLD,
-             join=True)
+    spawn_on_cpu(fsdp_rank, (tiny_model_dir, free_port(), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     single = make_trainer(tiny_model_dir, micro_batch_size=1, max_grad_norm=0.05,
                           min_shared_prefix=1)
@@ -315,7 +331,8 @@ def assert_ranks_match(folder, reference) -> None:
         assert torch.equal(ranks[0][name], ranks[1][name])
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["whole", "fsdp"])
+@pytest.mark.parametrize("fsdp", [False, pytest.param(True, marks=needs_fsdp2)],
+                         ids=["whole", "fsdp"])
 def test_two_ranks_run_the_loop_and_resume_like_one_process(fsdp, tiny_model_dir, tmp_path,  # noqa: F811
                                                             monkeypatch):
     """distill.run.train under 2 gloo ranks (each collecting its share, one share empty at
@@ -329,8 +346,7 @@ def test_two_ranks_run_the_loop_and_resume_like_one_process(fsdp, tiny_model_dir
 
     two = tmp_path / "two"
     two.mkdir()
-    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 3, fsdp), nprocs=WORLD,
-             join=True)
+    spawn_on_cpu(loop_rank, (tiny_model_dir, free_port(), str(two), 3, fsdp))
     cfg, fake, fake_collect = fake_loop_run(3, None)
     monkeypatch.setattr(run_mod, "collect", fake_collect)
     single = make_trainer(tiny_model_dir)
@@ -347,8 +363,7 @@ def test_two_ranks_run_the_loop_and_resume_like_one_process(fsdp, tiny_model_dir
         [(1, 0), (1, 0), (1, 1), (1, 1), (2, 0), (2, 0), (3, 0), (3, 0), (3, 1), (3, 1)])
     assert (two / "run" / "checkpoints" / "step_000003" / "ranks.pt").is_file()
 
-    mp.spawn(loop_rank, args=(tiny_model_dir, free_port(), str(two), 4, fsdp), nprocs=WORLD,
-             join=True)
+    spawn_on_cpu(loop_rank, (tiny_model_dir, free_port(), str(two), 4, fsdp))
     cfg4, fake4, _ = fake_loop_run(4, None)
     straight = make_trainer(tiny_model_dir)
     run_mod.train(fake4, straight, RunDir(tmp_path / "one4", cfg4.to_dict()), dataset())

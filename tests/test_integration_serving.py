@@ -76,8 +76,9 @@ def test_merged_weights_reload_matches_the_trainer(vllm_server, smollm2_path, tm
         merged = client.complete(prompt, max_tokens=8, temperature=0.0)[0]
         trainer.model.eval()
         with torch.no_grad():
-            logits = trainer.model(input_ids=torch.tensor([prompt + merged.token_ids])).logits
-        logprobs = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), -1)
+            ids = torch.tensor([prompt + merged.token_ids], device=trainer.device)
+            logits = trainer.model(input_ids=ids).logits
+        logprobs = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), -1).cpu()
         hf = logprobs.gather(-1, torch.tensor(merged.token_ids)[:, None])[:, 0].tolist()
         assert max(abs(a - b) for a, b in zip(hf, merged.logprobs, strict=True)) < 0.15
         assert merged.token_ids != before.token_ids or max(
@@ -164,7 +165,7 @@ def test_server_scored_teacher_equals_the_trainers_teacher_forward(vllm_server, 
     rows = gather_response_positions(hidden, batch.teacher_response_mask.to(hidden.device))
     # logits as the loss computes them (fp32 head over the hidden states, distill.losses)
     hf = torch.log_softmax(torch.nn.functional.linear(
-        rows.float(), trainer.lm_head.weight.float()), dim=-1)
+        rows.float(), trainer.lm_head.weight.float()), dim=-1).cpu()
     # What the loss reads is the teacher's distribution over each position's support, so
     # that is what is compared: the total variation between the two, renormalized there. In
     # bf16 the log-probabilities of the support's unlikely labels differ by up to 0.45 nats
