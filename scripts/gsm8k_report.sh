@@ -7,7 +7,7 @@
 #   bash scripts/gsm8k_report.sh                           # the harness reattached on base
 #   REATTACH="runs/g8k-vote-anchor-s2" bash scripts/gsm8k_report.sh   # ... and on these runs
 # On this 2-core CPU: each training run 10-50 minutes, its own bare evaluation 6 minutes a
-# model, the harness 52 minutes a model (so REATTACH adds 52 minutes a run).
+# model, the harness 20-52 minutes a model (so REATTACH adds up to 52 minutes a run).
 # 1. the harness on the base model;
 # 2. every method on the same 96 training problems (12 steps x 8): OPHSD with the vote's
 #    teacher (lr 2e-5; lr 2e-4; lr 2e-4 with a KL anchor to the base, and 12 more steps of
