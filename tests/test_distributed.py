@@ -31,22 +31,14 @@ def spawn_on_cpu(fn, args: tuple) -> None:
     GPU, two ranks that saw it both took it, and NCCL refused them ("Duplicate GPU
     detected", on an H200). Only the children see the GPUs hidden; this process keeps
     them (hiding them here before its first CUDA query would hide them for good)."""
-    import os
-
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ.update(NO_GPU)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CUDA_VISIBLE_DEVICES", NO_GPU["CUDA_VISIBLE_DEVICES"])
         mp.spawn(fn, args=args, nprocs=WORLD, join=True)
-    finally:
-        if saved is None:
-            del os.environ["CUDA_VISIBLE_DEVICES"]
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def make_trainer(model_dir: str, **overrides):
-    """test_trainer's trainer, on the CPU beside the ranks (this process may have seen a GPU
-    before the fixture above hid it)."""
+    """test_trainer's trainer, on the CPU beside the ranks it is compared with (this process
+    keeps its GPU, if it has one)."""
     return test_trainer.make_trainer(model_dir, device="cpu", **overrides)
 
 
