@@ -176,17 +176,22 @@ def _peak_mb(reset_ok: bool) -> float:
 
 
 def _cpu_name() -> str:
-    """The CPU model and whether it runs bf16 natively: step times depend on both."""
+    """The CPU model and whether it runs bf16 natively: step times depend on both. A VM may
+    name only "AMD EPYC": the family and model numbers then tell Zen 4 (25) from Zen 5 (26),
+    which ran the same step about twice as fast (README, Benchmarks)."""
     from scaffold.hardware import cpu_native_bf16
 
     name = "unknown CPU"
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    name = info.get("model name", name)
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']}, model {info.get('model', '?')})"
     import torch
 
     gpu = f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
@@ -535,7 +540,10 @@ def _min(r: dict, key: str) -> float:
     return min(step.get(key, step["step_s"]) for step in r["steps"])
 
 
-def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> list[str]:
+def print_table(results: list[dict], args: argparse.Namespace, load: dict,
+                machine: str) -> list[str]:
+    """The table, the verdict notes (returned) and the load line; `machine`: where the
+    results were measured (the saved JSON's, under --print-only)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -616,7 +624,7 @@ def print_table(results: list[dict], args: argparse.Namespace, load: dict) -> li
     for note in notes:
         console.print(note)
     console.print(f"load average before {load['before']}, after {load['after']} "
-                  f"({_cpu_name()}; the machine is shared, times are noisy)")
+                  f"({machine}; the machine is shared, times are noisy)")
     return notes
 
 
@@ -665,7 +673,7 @@ def main() -> None:
                     "shapes"):
             setattr(args, key, saved.get(key, False))
         args.model = saved.get("model", MODEL)
-        print_table(saved["results"], args, saved["load_average"])
+        print_table(saved["results"], args, saved["load_average"], saved.get("cpu", "unknown"))
         return
 
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -684,12 +692,13 @@ def main() -> None:
         workers.append("trl")
     results = [_spawn(args, w) for w in workers]
     load = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
-    notes = print_table(results, args, load)
+    machine = _cpu_name()
+    notes = print_table(results, args, load, machine)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "model": args.model, "shapes": args.shapes, "batch": args.batch,
-        "response_tokens": args.response_tokens, "cpu": _cpu_name(), "steps": args.steps, "warmup": args.warmup, "load_average": load,
+        "response_tokens": args.response_tokens, "cpu": machine, "steps": args.steps, "warmup": args.warmup, "load_average": load,
         "gradient_checkpointing": args.gradient_checkpointing,
         "cpus": os.cpu_count(), "results": results, "verdict": notes,
     }, indent=1))
