@@ -43,6 +43,7 @@ from rich.table import Table
 from evals.bank import task_bank
 from evals.diagnostics import answer_diagnostics
 from evals.metrics import fmt_ci, held_out, mean_ci
+from evals.paired import load_traces, paired_scores
 from evals.plots import comparison_bars, read_metrics, training_curves
 from evals.reuse import SOURCE_FIELDS, Protocol, adapter_digest, prior_rows, unchanged
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
@@ -54,7 +55,7 @@ from scaffold.client import PolicyClient
 from scaffold.merge import merge_adapter
 from scaffold.registry import resolve
 from scaffold.server import install_sigterm_handler, policy_endpoint
-from scaffold.trace import Trace, read_jsonl
+from scaffold.trace import Trace, read_jsonl, write_jsonl
 from scaffold.types import TaskContract
 
 KNN_K = 10
@@ -170,13 +171,47 @@ def result_row(res: EvalResult, task: TaskContract, subject: Subject) -> dict:
 
 def reused_row(row: dict, task: TaskContract, subject: Subject) -> dict:
     """An earlier row (evals/reuse.py) in this compare's form: where it came from, the
-    subject's fields, and the bare answer's diagnostics from its traces when it has none."""
+    subject's fields, its traces (for `add_paired`), and the bare answer's diagnostics from
+    them when it has none."""
     out = {k: v for k, v in row.items() if k not in SOURCE_FIELDS}
-    traces = Path(row.get("_traces") or "")
-    if row["program"] == "none" and traces.is_file() and \
-            not any(k.endswith("_rate") for k in row):
-        out.update(bare_diagnostics(task, read_jsonl(traces)))
+    traces = Path(row.get("traces") or row.get("_traces") or "")
+    if traces.is_file():
+        out["traces"] = str(traces)
+        if row["program"] == "none" and not any(k.endswith("_rate") for k in row):
+            out.update(bare_diagnostics(task, read_jsonl(traces)))
     return {**out, **subject_fields(subject), "reused_from": row["_source"]}
+
+
+def write_row_traces(res: EvalResult, out: Path, label: str) -> str:
+    """Keep an evaluated row's traces under `out`/traces, named by subject and program, so
+    that later rows on the same items can be paired with it (`add_paired`, evals.paired)."""
+    name = "--".join(re.sub(r"[^\w.-]+", "_", part) for part in (label, res.program))
+    path = out / "traces" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(res.traces, path)
+    return str(path)
+
+
+def add_paired(rows: list[dict], task: TaskContract, items: list[Any]) -> None:
+    """`paired_vs_base` = [difference, low, high] on every run's row whose traces, and those
+    of the base's row with the same program, are at hand: the per-item score difference
+    against the base on the items both hold, with its bootstrap interval; `paired_n` those
+    items. Two overlapping intervals are not a tie (evals/paired.py shows one that is not):
+    this is the column that says whether a run beat the base, with the harness or without."""
+    examples = {ex.id: ex for ex in items}
+    base = {r["program"]: Path(r["traces"]) for r in rows
+            if r["model"] == "base" and r.get("traces")}
+    for r in rows:
+        ref = base.get(r["program"])
+        mine = Path(r.get("traces") or "")
+        if r["model"] == "base" or ref is None or not (mine.is_file() and ref.is_file()):
+            continue
+        ids, scores, base_scores = paired_scores(task, load_traces(mine), load_traces(ref),
+                                                 examples)
+        if ids:
+            diff = mean_ci([a - b for a, b in zip(scores, base_scores, strict=True)],
+                           n_boot=10000)
+            r["paired_vs_base"], r["paired_n"] = list(diff), len(ids)
 
 
 def bare_diagnostics(task: TaskContract, traces: list[Trace]) -> dict:
@@ -229,6 +264,7 @@ def result_rows(record: dict) -> list[dict]:
             "score": r["score"], "ci": [r["ci_low"], r["ci_high"]], "n": r["n"],
             "train_examples": c.get("examples"), "train_s": c.get("train_wall_s"),
             "lift_capture": r.get("lift_capture"),
+            "paired_vs_base": r.get("paired_vs_base"),
             **({"knn": r["program"]} if knn else {}),
         })
     return out
@@ -253,13 +289,18 @@ def row_label(row: dict, rows: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     diag = [k for k in ("alt_label_rate", "cites_case_rate", "plans_first_rate")
             if any(k in r for r in rows)]
-    head = ["model", "program", "score [95% CI]", "lift capture", "n", "answer tok", "calls/ex",
+    paired = any("paired_vs_base" in r for r in rows)
+    head = ["model", "program", "score [95% CI]", *(["vs base, paired"] if paired else []),
+            "lift capture", "n", "answer tok", "calls/ex",
             "wall s", *diag, "train examples", "student tokens", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         c = r.get("compute") or {}
         lift = r.get("lift_capture")
+        diff = r.get("paired_vs_base")
         cells = [row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
+                 *([f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else ""]
+                   if paired else []),
                  "" if lift is None else f"{lift:.0%}",
                  str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                  f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}",
@@ -426,13 +467,15 @@ def main(argv: list[str] | None = None) -> dict:
                     res = evaluate(task, program, items, lm=lm, model_label=subject.label,
                                    index=index, concurrency=args.concurrency,
                                    harness_options=args.harness if program != "none" else None)
-                    rows.append(result_row(res, task, subject))
+                    rows.append({**result_row(res, task, subject),
+                                 "traces": write_row_traces(res, out, subject.label)})
         finally:
             if serve and args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it
     if label_task and not args.no_knn:
         rows.append(knn_baseline(task, items, index))
     add_lift_capture(rows)
+    add_paired(rows, task, items)
 
     bank_note = f", labelled bank {len(split.bank)} ({regime})" if split else ""
     title = f"{task.name}: {len(items)} held-out items, greedy{bank_note}"

@@ -184,7 +184,8 @@ def test_lift_capture_and_the_machine_readable_rows(tmp_path):
     trained = by_key[("ophsd", "run", "none")]
     assert trained == {"model": "ophsd", "run": "run", "seed": 0, "program": "none",
                        "score": 0.45, "ci": [0.35, 0.55], "n": 10, "train_examples": 512,
-                       "train_s": 300.0, "lift_capture": pytest.approx(0.8)}
+                       "train_s": 300.0, "lift_capture": pytest.approx(0.8),
+                       "paired_vs_base": None}
     assert by_key[("knn", None, "none")]["knn"] == "knn-vote k=10"
     assert by_key[("base", None, "draft_verify")]["lift_capture"] is None
     assert "<!-- begin banking77-labeled10pc -->" in (tmp_path / "results.md").read_text()
@@ -239,3 +240,53 @@ def test_a_name_that_is_not_a_file_stem_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         main(["--task", "banking77", "--name", "../elsewhere"])
     assert "--name '../elsewhere'" in capsys.readouterr().err
+
+
+def test_paired_difference_against_the_base_row_of_the_same_program(tmp_path, monkeypatch):
+    """Each run's row is paired item by item with the base's row of its program, from the
+    rows' traces; a row without traces, or whose program the base lacks, gets none."""
+    from evals.compare import add_paired, reused_row
+    from evals.tasks import get_task
+    from scaffold.trace import LMCall, Trace, write_jsonl
+
+    data = [{"question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(4)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    monkeypatch.chdir(tmp_path)
+    task = get_task("math:m.jsonl,m.jsonl")
+    items = task.load("test")
+
+    def traces(name: str, answers: list[int]) -> str:
+        done = [Trace(ex.id, "P", [LMCall("a", [], f"\\boxed{{{x}}}", None, None, 0.0, {}, None)],
+                      outputs={"completion": f"\\boxed{{{x}}}"})
+                for ex, x in zip(items, answers, strict=True)]
+        write_jsonl(done, tmp_path / name)
+        return str(tmp_path / name)
+
+    # right answers are 1, 2, 3, 4: base right on items 0, 1; base + harness on 0, 1, 2
+    rows = [row("base", "none", 0.5, traces=traces("b.jsonl", [1, 2, 0, 0])),
+            row("base", "vote", 0.75, traces=traces("bv.jsonl", [1, 2, 3, 0])),
+            row("run", "none", 0.5, traces=traces("r.jsonl", [0, 2, 3, 0])),
+            row("run", "vote", 1.0, traces=traces("rv.jsonl", [1, 2, 3, 4])),
+            row("run", "other", 0.5, traces=traces("ro.jsonl", [1, 2, 0, 0])),
+            row("gold", "none", 0.25)]
+    add_paired(rows, task, items)
+    by = {(r["model"], r["program"]): r for r in rows}
+    # run bare: right on item 2 where the base was not, wrong on item 0 where it was: 0
+    assert by[("run", "none")]["paired_vs_base"][0] == pytest.approx(0.0)
+    assert by[("run", "none")]["paired_n"] == 4
+    low, high = by[("run", "none")]["paired_vs_base"][1:]
+    assert low < 0 < high
+    # run + vote against base + vote: item 3 alone differs, +1/4
+    assert by[("run", "vote")]["paired_vs_base"][0] == pytest.approx(0.25)
+    assert "paired_vs_base" not in by[("run", "other")]  # no base row of that program
+    assert "paired_vs_base" not in by[("gold", "none")]  # no traces
+    assert "paired_vs_base" not in by[("base", "none")]
+    table = markdown_table(rows).splitlines()
+    assert "vs base, paired" in table[0] and "+0.250 [" in table[5]
+    # a reused row keeps its traces (from an earlier compare, or a run's eval traces)
+    subject = SimpleNamespace(compute={}, config={}, adapter=None)
+    again = reused_row({**rows[2], "_source": "old/compare.json"}, task, subject)
+    assert again["traces"] == rows[2]["traces"]
+    from_run = reused_row({**row("run", "none", 0.5), "_source": "RUN/eval.json",
+                           "_traces": rows[2]["traces"]}, task, subject)
+    assert from_run["traces"] == rows[2]["traces"] and "_traces" not in from_run
