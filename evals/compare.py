@@ -173,21 +173,26 @@ def reused_row(row: dict, task: TaskContract, subject: Subject) -> dict:
     """An earlier row (evals/reuse.py) in this compare's form: where it came from, the
     subject's fields, its traces (for `add_paired`), and the bare answer's diagnostics from
     them when it has none."""
-    out = {k: v for k, v in row.items() if k not in SOURCE_FIELDS}
+    out = {k: v for k, v in row.items()
+           if k not in (*SOURCE_FIELDS, "traces", "paired_vs_base", "paired_n")}
     traces = Path(row.get("traces") or row.get("_traces") or "")
     if traces.is_file():
-        out["traces"] = str(traces)
+        out["traces"] = str(traces.resolve())
         if row["program"] == "none" and not any(k.endswith("_rate") for k in row):
             out.update(bare_diagnostics(task, read_jsonl(traces)))
     return {**out, **subject_fields(subject), "reused_from": row["_source"]}
 
 
-def write_row_traces(res: EvalResult, out: Path, label: str) -> str:
-    """Keep an evaluated row's traces under `out`/traces, named by subject and program, so
-    that later rows on the same items can be paired with it (`add_paired`, evals.paired)."""
-    name = "--".join(re.sub(r"[^\w.-]+", "_", part) for part in (label, res.program))
-    path = out / "traces" / f"{name}.jsonl"
+def write_row_traces(res: EvalResult, out: Path, position: int, label: str) -> str:
+    """Keep an evaluated row's traces under `out`/traces, so that later rows on the same
+    items can be paired with it (`add_paired`, evals.paired); returns the absolute path.
+    Named by the subject's `position` in this compare (two seeds of one run share a label)
+    and program; an earlier compare's file of that name is replaced, not appended to."""
+    name = "--".join([f"{position:02d}", *(re.sub(r"[^\w.-]+", "_", part)
+                                            for part in (label, res.program))])
+    path = (out / "traces" / f"{name}.jsonl").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # write_jsonl appends
     write_jsonl(res.traces, path)
     return str(path)
 
@@ -199,15 +204,25 @@ def add_paired(rows: list[dict], task: TaskContract, items: list[Any]) -> None:
     items. Two overlapping intervals are not a tie (evals/paired.py shows one that is not):
     this is the column that says whether a run beat the base, with the harness or without."""
     examples = {ex.id: ex for ex in items}
+
+    def these_items(path: Path) -> dict[str, Trace]:  # a file may hold other items too
+        return {i: t for i, t in load_traces(path).items() if i in examples}
+
     base = {r["program"]: Path(r["traces"]) for r in rows
             if r["model"] == "base" and r.get("traces")}
     for r in rows:
+        r.pop("paired_vs_base", None)
+        r.pop("paired_n", None)
         ref = base.get(r["program"])
         mine = Path(r.get("traces") or "")
         if r["model"] == "base" or ref is None or not (mine.is_file() and ref.is_file()):
             continue
-        ids, scores, base_scores = paired_scores(task, load_traces(mine), load_traces(ref),
-                                                 examples)
+        try:
+            ids, scores, base_scores = paired_scores(task, these_items(mine), these_items(ref),
+                                                     examples)
+        except (OSError, ValueError) as e:  # never lose a finished compare to its extra column
+            print(f"warning: no paired difference for {r['model']} / {r['program']}: {e}")
+            continue
         if ids:
             diff = mean_ci([a - b for a, b in zip(scores, base_scores, strict=True)],
                            n_boot=10000)
@@ -264,7 +279,7 @@ def result_rows(record: dict) -> list[dict]:
             "score": r["score"], "ci": [r["ci_low"], r["ci_high"]], "n": r["n"],
             "train_examples": c.get("examples"), "train_s": c.get("train_wall_s"),
             "lift_capture": r.get("lift_capture"),
-            "paired_vs_base": r.get("paired_vs_base"),
+            "paired_vs_base": r.get("paired_vs_base"), "paired_n": r.get("paired_n"),
             **({"knn": r["program"]} if knn else {}),
         })
     return out
@@ -286,6 +301,15 @@ def row_label(row: dict, rows: list[dict]) -> str:
     return f"{row['model']} seed {row['seed']}" if len(seeds) > 1 else row["model"]
 
 
+def paired_cell(row: dict) -> str:
+    """`paired_vs_base` as text, with the items it covers where that is fewer than the row's."""
+    diff = row.get("paired_vs_base")
+    if not diff:
+        return ""
+    short = f" (on {row['paired_n']})" if row.get("paired_n", row["n"]) != row["n"] else ""
+    return f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]{short}"
+
+
 def markdown_table(rows: list[dict]) -> str:
     diag = [k for k in ("alt_label_rate", "cites_case_rate", "plans_first_rate")
             if any(k in r for r in rows)]
@@ -297,10 +321,8 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         c = r.get("compute") or {}
         lift = r.get("lift_capture")
-        diff = r.get("paired_vs_base")
         cells = [row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
-                 *([f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else ""]
-                   if paired else []),
+                 *([paired_cell(r)] if paired else []),
                  "" if lift is None else f"{lift:.0%}",
                  str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                  f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}",
@@ -313,13 +335,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 def rich_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
-    for col in ("model", "program", "score [95% CI]", "lift capture", "n", "answer tok",
-                "calls/ex", "wall s"):
+    for col in ("model", "program", "score [95% CI]", "vs base, paired", "lift capture", "n",
+                "answer tok", "calls/ex", "wall s"):
         table.add_column(col, justify="right")
     for r in rows:
         lift = r.get("lift_capture")
         table.add_row(row_label(r, rows), r["program"], fmt_ci(r["score"], r["ci_low"], r["ci_high"]),
-                      "" if lift is None else f"{lift:.0%}",
+                      paired_cell(r), "" if lift is None else f"{lift:.0%}",
                       str(r["n"]), f"{r.get('answer_tokens_per_example', 0):.1f}",
                       f"{r.get('calls_per_example', 0):.2f}", f"{r.get('wall_s', 0):.0f}")
     return table
@@ -454,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
         lm = PolicyClient(server.base_url, server.model_name).dspy_lm(
             server.model_name, temperature=0.0, max_tokens=max_tokens) if serve else None
         try:
-            for subject, programs, kept in plan:
+            for position, (subject, programs, kept) in enumerate(plan):
                 if len(kept) < len(programs):
                     server.reload_weights(merge_adapter(args.model, subject.adapter)
                                           if subject.adapter else model_path)
@@ -468,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    index=index, concurrency=args.concurrency,
                                    harness_options=args.harness if program != "none" else None)
                     rows.append({**result_row(res, task, subject),
-                                 "traces": write_row_traces(res, out, subject.label)})
+                                 "traces": write_row_traces(res, out, position, subject.label)})
         finally:
             if serve and args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it

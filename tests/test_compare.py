@@ -185,7 +185,7 @@ def test_lift_capture_and_the_machine_readable_rows(tmp_path):
     assert trained == {"model": "ophsd", "run": "run", "seed": 0, "program": "none",
                        "score": 0.45, "ci": [0.35, 0.55], "n": 10, "train_examples": 512,
                        "train_s": 300.0, "lift_capture": pytest.approx(0.8),
-                       "paired_vs_base": None}
+                       "paired_vs_base": None, "paired_n": None}
     assert by_key[("knn", None, "none")]["knn"] == "knn-vote k=10"
     assert by_key[("base", None, "draft_verify")]["lift_capture"] is None
     assert "<!-- begin banking77-labeled10pc -->" in (tmp_path / "results.md").read_text()
@@ -290,3 +290,32 @@ def test_paired_difference_against_the_base_row_of_the_same_program(tmp_path, mo
     from_run = reused_row({**row("run", "none", 0.5), "_source": "RUN/eval.json",
                            "_traces": rows[2]["traces"]}, task, subject)
     assert from_run["traces"] == rows[2]["traces"] and "_traces" not in from_run
+    # an earlier difference is not carried where it cannot be computed again, nor a lost file
+    stale = reused_row({**rows[4], "paired_vs_base": [0.5, 0.1, 0.9], "paired_n": 4,
+                        "traces": str(tmp_path / "gone.jsonl"), "_source": "old"}, task, subject)
+    assert "traces" not in stale and "paired_vs_base" not in stale
+    rows[4]["paired_vs_base"] = [0.5, 0.1, 0.9]
+    add_paired(rows, task, items)
+    assert "paired_vs_base" not in rows[4]
+    # items outside this compare's are left out of the pairing (a file from a larger run)
+    extra = Trace("math/test/99", "P", [], outputs={"completion": "\\boxed{1}"})
+    write_jsonl([extra], tmp_path / "r.jsonl")  # appends
+    add_paired(rows, task, items)
+    assert by[("run", "none")]["paired_n"] == 4
+    assert by[("run", "none")]["paired_vs_base"][0] == pytest.approx(0.0)
+
+
+def test_row_traces_are_named_by_position_and_replaced_on_a_rerun(tmp_path):
+    from evals.compare import write_row_traces
+    from scaffold.trace import Trace, read_jsonl
+
+    def result(ids: list[str]) -> SimpleNamespace:  # the two fields an EvalResult is read for
+        return SimpleNamespace(program="none", traces=[Trace(i, "P", [], outputs={}) for i in ids])
+
+    # two seeds of one run share a label: their rows must not share a file
+    first = write_row_traces(result(["a", "b"]), tmp_path, 1, "run")
+    second = write_row_traces(result(["c"]), tmp_path, 2, "run")
+    assert first != second and Path(first).is_absolute()
+    assert [t.example_id for t in read_jsonl(Path(first))] == ["a", "b"]
+    again = write_row_traces(result(["d"]), tmp_path, 1, "run")  # the next compare, same OUT
+    assert again == first and [t.example_id for t in read_jsonl(Path(first))] == ["d"]
