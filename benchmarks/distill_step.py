@@ -176,22 +176,10 @@ def _peak_mb(reset_ok: bool) -> float:
 
 
 def _cpu_name() -> str:
-    """The CPU model and whether it runs bf16 natively: step times depend on both. A VM may
-    name only "AMD EPYC": the family and model numbers then tell Zen 4 (25) from Zen 5 (26),
-    which ran the same step about twice as fast (README, Benchmarks)."""
-    from scaffold.hardware import cpu_native_bf16
+    """The CPU model and whether it runs bf16 natively: step times depend on both."""
+    from scaffold.hardware import cpu_model, cpu_native_bf16
 
-    name = "unknown CPU"
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = info.get("model name", name)
-    if "cpu family" in info:
-        name += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    name = cpu_model()
     import torch
 
     gpu = f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""

@@ -198,10 +198,9 @@ def main() -> None:
 
 
 def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    from scaffold.hardware import cpu_model
+
+    return cpu_model()
 
 
 if __name__ == "__main__":

@@ -288,3 +288,15 @@ def test_a_stopped_server_is_killed_and_the_run_says_why(tmp_path):
             assert server.proc.poll() == -signal.SIGKILL
             PolicyClient(server.base_url, "policy", max_attempts=2).complete([1, 2, 3])
     assert "stopped (SIGSTOP) for 2 s; killed the server" in str(err.value)
+
+
+def test_cpu_model_names_the_family_a_vm_hides(tmp_path):
+    from scaffold.hardware import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+                    "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n")
+    assert cpu_model(str(info)) == "AMD EPYC (family 26, model 2)"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_model(str(info)) == "Some CPU"
+    assert cpu_model(str(tmp_path / "missing")) == "unknown CPU"
