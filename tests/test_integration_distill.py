@@ -3,6 +3,7 @@ adapter), resumed to 3 with the policy synced as merged weights, then `evals.com
 
 import gc
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +60,11 @@ def test_distill_run_two_steps_then_resume(vllm_server, tmp_path):
     assert rows[("base", "none")]["score"] == first["eval"][0]["score"]  # same items, greedy
     assert rows[("run", "none")]["compute"]["steps"] == 3
     assert "alt_label_rate" in rows[("run", "none")]
+    # every evaluated row kept its traces, and the run's rows are paired with the base's
+    assert all(Path(r["traces"]).is_file() for r in report["rows"] if r["model"] != "no LLM")
+    assert rows[("run", "none")]["paired_n"] == rows[("run", "draft_verify")]["paired_n"] == 4
+    low, high = rows[("run", "none")]["paired_vs_base"][1:]
+    assert low <= rows[("run", "none")]["score"] - rows[("base", "none")]["score"] <= high
     assert (tmp_path / "compare" / "curves.png").exists() and (tmp_path / "r.md").exists()
     gc.collect()  # the trainers' weights and activations: give the memory back to the suite
 
