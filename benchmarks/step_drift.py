@@ -187,20 +187,16 @@ def main() -> None:
     if args.print_only:
         print_table(json.loads(out.read_text())["results"])
         return
+    from scaffold.hardware import cpu_model
+
     load = os.getloadavg()[0]
     results = [spawn(side, args.steps, args.reference_every) for side in args.sides.split(",")]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "load_before": load,
-                               "load_after": os.getloadavg()[0], "cpu": _cpu_name(),
+                               "load_after": os.getloadavg()[0], "cpu": cpu_model(),
                                "command": " ".join(sys.argv)}, indent=1))
     print_table(results)
     print(f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after; JSON: {out}")
-
-
-def _cpu_name() -> str:
-    from scaffold.hardware import cpu_model
-
-    return cpu_model()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from rich.table import Table
 from evals.bank import task_bank
 from evals.diagnostics import answer_diagnostics
 from evals.metrics import fmt_ci, held_out, mean_ci
-from evals.paired import load_traces, paired_scores
+from evals.paired import load_traces, paired_difference, paired_scores
 from evals.plots import comparison_bars, read_metrics, training_curves
 from evals.reuse import SOURCE_FIELDS, Protocol, adapter_digest, prior_rows, unchanged
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
@@ -224,9 +224,8 @@ def add_paired(rows: list[dict], task: TaskContract, items: list[Any]) -> None:
             print(f"warning: no paired difference for {r['model']} / {r['program']}: {e}")
             continue
         if ids:
-            diff = mean_ci([a - b for a, b in zip(scores, base_scores, strict=True)],
-                           n_boot=10000)
-            r["paired_vs_base"], r["paired_n"] = list(diff), len(ids)
+            r["paired_vs_base"] = list(paired_difference(scores, base_scores))
+            r["paired_n"] = len(ids)
 
 
 def bare_diagnostics(task: TaskContract, traces: list[Trace]) -> dict:

@@ -40,6 +40,12 @@ def paired_scores(task: TaskContract, a: dict[str, Trace], b: dict[str, Trace],
     return ids, [grade(a[i], i) for i in ids], [grade(b[i], i) for i in ids]
 
 
+def paired_difference(scores_a: list[float], scores_b: list[float]
+                      ) -> tuple[float, float, float]:
+    """Mean of the per-item differences A - B and its bootstrap interval."""
+    return mean_ci([x - y for x, y in zip(scores_a, scores_b, strict=True)], n_boot=10000)
+
+
 def vote_curve(task: TaskContract, traces: dict[str, Trace], ids: list[str],
                examples: dict) -> list[float]:
     """Score of the majority answer over each item's first k samples, k = 1..n."""
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ids:
         print(f"error: {args.a} and {args.b} share no item", file=sys.stderr)
         return 2
-    diff = mean_ci([x - y for x, y in zip(sa, sb, strict=True)], n_boot=10000)
+    diff = paired_difference(sa, sb)
     print(f"{len(ids)} shared items ({len(a)} in A, {len(b)} in B)")
     print(f"A {fmt_ci(*mean_ci(sa))}   B {fmt_ci(*mean_ci(sb))}")
     print(f"A - B, paired: {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]; "
