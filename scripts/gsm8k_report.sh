@@ -11,7 +11,8 @@
 # 1. the harness on the base model;
 # 2. every method on the same 96 training problems (12 steps x 8): OPHSD with the vote's
 #    teacher (lr 2e-5; lr 2e-4; lr 2e-4 with a KL anchor to the base, and 12 more steps of
-#    it on new problems; on the vote's own samples), OPSD and SSOPD with the anchored run's
+#    it on new problems; the same with a weaker anchor; with the weaker anchor and the
+#    working shown without its final answer; on the vote's own samples), OPSD and SSOPD with the anchored run's
 #    levers, SFT on the vote's correct samples, SFT on the reference solutions;
 # 3. evals.compare: the bare rows from each run's own final evaluation, the base's harness
 #    row from step 1, the harness reattached on REATTACH; with the findings in
@@ -30,6 +31,10 @@ $PY -m distill.run --config configs/gsm8k_vote.yaml --lr 0.0002 --out runs/g8k-v
 $PY -m distill.run "${ANCHORED[@]}"
 $PY -m distill.run "${ANCHORED[@]}" --init-adapter runs/g8k-vote-anchor/final_adapter \
     --seed 1 --out runs/g8k-vote-anchor-s2
+$PY -m distill.run "${ANCHORED[@]}" --anchor-kl 0.3 --out runs/g8k-vote-anchor03
+$PY -m distill.run "${ANCHORED[@]}" --anchor-kl 0.3 \
+    --init-adapter runs/g8k-vote-anchor03/final_adapter --seed 1 --out runs/g8k-vote-anchor03-s2
+$PY -m distill.run --config configs/gsm8k_vote_working.yaml
 $PY -m distill.run --config configs/gsm8k_vote_rollouts.yaml
 $PY -m distill.run "${ANCHORED[@]}" --method opsd --harness '{}' --out runs/g8k-opsd-anchor
 $PY -m distill.run "${ANCHORED[@]}" --method ssopd --rollouts 4 --harness '{}' \
@@ -38,7 +43,7 @@ $PY -m distill.run --config configs/gsm8k_vote_sft.yaml
 $PY -m distill.run --config configs/gsm8k_gold_sft.yaml
 
 RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
-      runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
+      runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
       runs/g8k-gold-sft)
 REUSE=(runs/g8k-sc8bare/results.json "${RUNS[@]}")
 [ -f runs/compare-gsm8k/compare.json ] && REUSE=(runs/compare-gsm8k/compare.json "${REUSE[@]}")

@@ -306,6 +306,45 @@ def test_self_consistency_over_the_bare_prompt_teaches_with_the_winning_solution
     assert replay.messages == chosen.messages  # a built request stands alone
 
 
+def test_self_consistency_teacher_sees_the_winning_working_without_its_answer_sentence(
+        tmp_path, monkeypatch):
+    """teacher_sees="working": the winning solution loses the sentence that states its
+    final answer, whether on its own line or after working on the same line; a solution
+    that is only that sentence leaves the student's request, a fallback (no signal)."""
+    from distill.teacher import from_trace
+    from harnesses.self_consistency import without_final_answer
+
+    task = two_plus_three(tmp_path, monkeypatch)
+    example = task.load("test")[0]
+    student = task.student_messages(example)
+    solutions = {
+        "Add them:\n2 + 3 = 5\n\nSo the sum is \\(\\boxed{5}\\).": "Add them:\n2 + 3 = 5",
+        "2+3=5. The answer is \\boxed{5}.": "2+3=5.",
+        "The answer is \\boxed{5}.": "",
+    }
+    for solution, working in solutions.items():
+        assert without_final_answer(solution) == working
+        program = build_harness("self_consistency", task, n=2, solver="none",
+                                teacher_sees="working")
+        pred, tr, _ = run(program, example, lambda messages, s=solution: s)
+        tr.outputs = {"answer": pred.answer, "completion": pred.completion}
+        chosen = from_trace(tr, student, teacher_call=program.teacher_call)
+        if not working:
+            assert chosen.fallback
+            continue
+        assert not chosen.fallback and chosen.messages[:-1] == student[:-1]
+        assert chosen.messages[-1]["content"] == (
+            f"{student[-1]['content']}\n\n2 of 2 sampled solutions reached the same final "
+            f"answer. The working of one of them, without its final answer sentence (use it, "
+            f"do not mention it):\n{working}")
+    assert without_final_answer("So the answer is 5. Hence \\boxed{5}.") == ""  # first on the line
+    assert without_final_answer("no statement here\n") == "no statement here"
+    with pytest.raises(ValueError, match="'solution' or 'working', got 'answer'"):
+        build_harness("self_consistency", task, solver="none", teacher_sees="answer")
+    with pytest.raises(ValueError, match="teacher_sees='working' needs solver='none'"):
+        build_harness("self_consistency", task, teacher_sees="working")
+
+
 def test_draft_verify_prepare_embeds_all_questions_in_one_batch(task, bank):
     calls = []
     inner = bank.embedder
