@@ -25,7 +25,11 @@ sentence (issue 15, item 2, tenth attempt): every teacher shown a stated answer 
 the student towards stating it at once ("The answer is N.", docs/notes/gsm8k.md), so this
 teacher has the working to follow and no sentence to copy. Measured once
 (configs/gsm8k_vote_working.yaml): no collapse and no lift, 0.220 against the base's 0.235
-on 200 items, paired -0.015 [-0.060, +0.030], as with the whole solution shown.
+on 200 items, paired -0.015 [-0.060, +0.030]; the whole solution shown, same levers, gave
++0.015 [-0.025, +0.055]. That run cut with a first version of `without_final_answer`,
+which on 4 of its 48 winning solutions left part of the statement (a display's opener, a
+"The answer is:" line, once the boxed answer); such solutions are now cut clean, and one
+with no final statement (a truncated one) is skipped.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from scaffold.types import TaskContract
 
 SOLVERS = ("plan_solve", "none")
 TEACHER_SEES = ("solution", "working")
-_ANSWER_STATEMENT = re.compile(r"the (final )?answer is|\\boxed", re.IGNORECASE)
+_ANSWER_STATEMENT = re.compile(r"\bthe (final )?answer is\b|\\boxed", re.IGNORECASE)
+_CLOSING_ONLY = re.compile(r"[\s\\\]\)\$\.]*")  # what may follow the statement's line
+_DISPLAY_OPENERS = ("\\[", "$$", "")  # a blank line between them too
 
 
 class SelfConsistency(dspy.Module):
@@ -132,19 +138,38 @@ class SelfConsistency(dspy.Module):
 
 
 def without_final_answer(solution: str) -> str:
-    """`solution` cut before the sentence that states its final answer (the first "the
-    answer is" or "\\boxed" on the last line that has one): from that line's start, or from
-    the sentence's start where the statement shares a line with working. Unchanged but for
-    trailing space where no statement is found."""
-    found = list(_ANSWER_STATEMENT.finditer(solution))
+    """`solution` cut before the sentence that states its final answer, or "" where it has
+    no such sentence at its end (the caller then teaches nothing from it).
+
+    The statement is the first "the answer is" or "\\boxed" on the last line that has one,
+    and only text that closes it (display brackets, "$", ")", ".") may follow that line:
+    an answer stated first and explained after, or working after a mid-text "\\boxed",
+    is not a final answer sentence. The cut goes back over lines that open a display
+    ("\\[", "$$") and a line ending in ":" that introduces it ("So the answer is:"); where
+    the statement shares its line with working, only its sentence goes ("2+3=5. The
+    answer is 5." keeps "2+3=5."). Sentences end at ". " and nowhere else."""
+    text = solution.rstrip()
+    found = list(_ANSWER_STATEMENT.finditer(text))
     if not found:
-        return solution.rstrip()
-    line_start = solution.rfind("\n", 0, found[-1].start()) + 1
-    first_on_line = next(m for m in found if m.start() >= line_start)  # "the answer is \\boxed{5}"
-    before = solution[:first_on_line.start()]
-    sentence_end = before.rfind(". ", line_start)
+        return ""
+    line_start = text.rfind("\n", 0, found[-1].start()) + 1
+    line_end = text.find("\n", found[-1].end())
+    if line_end >= 0 and not _CLOSING_ONLY.fullmatch(text[line_end:]):
+        return ""
+    statement = next(m for m in found if m.start() >= line_start).start()  # "the answer is \\boxed{5}"
+    while line_start > 0:  # the display's opener, then the line that introduces it
+        previous = text.rfind("\n", 0, line_start - 1) + 1
+        line = text[previous:line_start].strip()
+        if line in _DISPLAY_OPENERS:
+            line_start = statement = previous
+        elif line.endswith(":"):
+            line_start, statement = previous, line_start - 1
+            break
+        else:
+            break
+    sentence_end = text.rfind(". ", line_start, statement)
     cut = sentence_end + 1 if sentence_end >= 0 else line_start
-    return solution[:cut].rstrip()
+    return text[:cut].rstrip()
 
 
 def _append_to_question(messages: list[dict], note: str) -> list[dict]:

@@ -12,8 +12,9 @@
 # 2. every method on the same 96 training problems (12 steps x 8): OPHSD with the vote's
 #    teacher (lr 2e-5; lr 2e-4; lr 2e-4 with a KL anchor to the base, and 12 more steps of
 #    it on new problems; the same with a weaker anchor; with the weaker anchor and the
-#    working shown without its final answer; on the vote's own samples), OPSD and SSOPD with the anchored run's
-#    levers, SFT on the vote's correct samples, SFT on the reference solutions;
+#    working shown without its final answer; on the vote's own samples), OPSD and SSOPD
+#    with the anchored run's levers, SFT on the vote's correct samples, SFT on the
+#    reference solutions;
 # 3. evals.compare: the bare rows from each run's own final evaluation, the base's harness
 #    row from step 1, the harness reattached on REATTACH; with the findings in
 #    docs/notes/gsm8k.md.
@@ -43,7 +44,8 @@ $PY -m distill.run --config configs/gsm8k_vote_sft.yaml
 $PY -m distill.run --config configs/gsm8k_gold_sft.yaml
 
 RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
-      runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
+      runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working
+      runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
       runs/g8k-gold-sft)
 REUSE=(runs/g8k-sc8bare/results.json "${RUNS[@]}")
 [ -f runs/compare-gsm8k/compare.json ] && REUSE=(runs/compare-gsm8k/compare.json "${REUSE[@]}")

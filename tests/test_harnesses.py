@@ -309,8 +309,9 @@ def test_self_consistency_over_the_bare_prompt_teaches_with_the_winning_solution
 def test_self_consistency_teacher_sees_the_winning_working_without_its_answer_sentence(
         tmp_path, monkeypatch):
     """teacher_sees="working": the winning solution loses the sentence that states its
-    final answer, whether on its own line or after working on the same line; a solution
-    that is only that sentence leaves the student's request, a fallback (no signal)."""
+    final answer, whether on its own line, in a display, or after working on the same
+    line; a solution that is only that sentence, or has none at its end, leaves the
+    student's request, a fallback (no signal)."""
     from distill.teacher import from_trace
     from harnesses.self_consistency import without_final_answer
 
@@ -337,8 +338,16 @@ def test_self_consistency_teacher_sees_the_winning_working_without_its_answer_se
             f"{student[-1]['content']}\n\n2 of 2 sampled solutions reached the same final "
             f"answer. The working of one of them, without its final answer sentence (use it, "
             f"do not mention it):\n{working}")
-    assert without_final_answer("So the answer is 5. Hence \\boxed{5}.") == ""  # first on the line
-    assert without_final_answer("no statement here\n") == "no statement here"
+    cuts = {
+        "So the answer is 5. Hence \\boxed{5}.": "",  # the first statement on the line
+        "2+3=5\nSo the final answer is:\n\\[\n\\boxed{5}\n\\]\n": "2+3=5",  # a display
+        "2+3=5\r\nThe answer is 5.\r\n": "2+3=5",
+        "We see the answer isn't 4.\n2+3=5. The answer is 5.": "We see the answer isn't 4.\n2+3=5.",
+        "The answer is 5.\n\nExplanation: 2+3=5": "",  # stated first: no final sentence
+        "Step 1: \\boxed{3} apples\nSo she has 5 apples.": "",  # working after a \\boxed
+        "2+3=5, no statement\n": "",
+    }
+    assert {solution: without_final_answer(solution) for solution in cuts} == cuts
     with pytest.raises(ValueError, match="'solution' or 'working', got 'answer'"):
         build_harness("self_consistency", task, solver="none", teacher_sees="answer")
     with pytest.raises(ValueError, match="teacher_sees='working' needs solver='none'"):
