@@ -19,6 +19,8 @@ What it does:
 Rows measured earlier on the same items (an earlier compare, a run's own final evaluation,
 evals.run's results) are taken instead of evaluated again with --reuse (evals/reuse.py), and
 --reattach limits the harness rows to some subjects: a report can grow a run at a time.
+Each row measured is checkpointed under --out (compare.partial.json): a compare interrupted
+at any moment, run again into the same --out, measures only the rows it had not finished.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from scaffold.trace import Trace, read_jsonl, write_jsonl
 from scaffold.types import TaskContract
 
 KNN_K = 10
+PARTIAL = "compare.partial.json"  # the rows measured so far (`checkpoint`), under --out
 
 
 @dataclass
@@ -398,7 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--no-knn", action="store_true", help="skip the nearest-neighbour baseline")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="output folder (default runs/compare-TASK)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-TASK); "
+                   "every measured row is checkpointed there, and an interrupted compare run "
+                   "again into it measures only what it had not finished")
     p.add_argument("--report", default=None, help="also write this markdown report (the "
                    "task's section of it; other tasks' sections are kept)")
     p.add_argument("--notes", default=None, help="a markdown file of findings to include in "
@@ -459,8 +464,17 @@ def main(argv: list[str] | None = None) -> dict:
     protocol = Protocol(task=task.name, task_spec=args.task, model=args.model,
                         limit=args.limit, seed=args.seed, items=len(items), regime=regime,
                         harness=args.harness, bank_size=args.bank_size)
-    prior = prior_rows([Path(f) for f in args.reuse], protocol,
-                       {s.adapter.resolve(): s.label for s in subjects if s.adapter})
+    bank_note = f", labelled bank {len(split.bank)} ({regime})" if split else ""
+    title = f"{task.name}: {len(items)} held-out items, greedy{bank_note}"
+    header = {"task": task.name, "model": args.model, "bank_size": args.bank_size,
+              "regime": regime, "stem": stem, "seed": args.seed,
+              "harness_options": args.harness, "bank": len(split.bank) if split else None,
+              "title": title, "items": len(items)}
+    partial = out / PARTIAL
+    labels = {s.adapter.resolve(): s.label for s in subjects if s.adapter}
+    prior = resumed_rows(partial, protocol, labels)  # first: an interrupted compare's rows win
+    for key, r in prior_rows([Path(f) for f in args.reuse], protocol, labels).items():
+        prior.setdefault(key, r)
     plan = []  # (subject, programs, the earlier rows kept for it)
     for subject, harness_too in zip(subjects, reattached, strict=True):
         programs = ("none", *args.program) if harness_too else ("none",)
@@ -480,6 +494,11 @@ def main(argv: list[str] | None = None) -> dict:
                     server.reload_weights(merge_adapter(args.model, subject.adapter)
                                           if subject.adapter else model_path)
                 for program in programs:
+                    if program in kept and kept[program]["_source"] == str(partial):
+                        print(f"{subject.label} / {program}: measured before the interruption "
+                              f"({partial})")
+                        rows.append(measured_row(kept[program]))
+                        continue
                     if program in kept:
                         print(f"{subject.label} / {program}: reused from "
                               f"{kept[program]['_source']}")
@@ -490,6 +509,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    harness_options=args.harness if program != "none" else None)
                     rows.append({**result_row(res, task, subject),
                                  "traces": write_row_traces(res, out, position, subject.label)})
+                    checkpoint(partial, header, rows)
         finally:
             if serve and args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it
@@ -498,25 +518,52 @@ def main(argv: list[str] | None = None) -> dict:
     add_lift_capture(rows)
     add_paired(rows, task, items)
 
-    bank_note = f", labelled bank {len(split.bank)} ({regime})" if split else ""
-    title = f"{task.name}: {len(items)} held-out items, greedy{bank_note}"
     Console(width=160).print(rich_table(rows, title))
     summary = seed_summary(rows)
     bars = comparison_bars(rows, out / "compare.png", title)
     runs = curve_runs(subjects)
     curves = training_curves(runs, out / "curves.png", f"{task.name}: training") if runs else None
     command = "python -m evals.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
-    record = {"command": command, "task": task.name, "regime": regime, "stem": stem,
-              "seed": args.seed, "harness_options": args.harness,
-              "bank": len(split.bank) if split else None, "title": title, "items": len(items),
-              "rows": rows, "seed_summary": summary,
+    record = {"command": command, **header, "rows": rows, "seed_summary": summary,
               "plots": [str(bars)] + ([str(curves)] if curves else [])}
     (out / "compare.json").write_text(json.dumps(record, indent=2, default=str))
+    partial.unlink(missing_ok=True)
     print(markdown_table(rows))
     if args.report:
         render_report(record, Path(args.report), args.notes)
     print(f"wrote {out / 'compare.json'}, {bars}" + (f", {curves}" if curves else ""))
     return record
+
+
+def checkpoint(partial: Path, header: dict, rows: list[dict]) -> None:
+    """The rows measured so far, after each one: a compare interrupted at any moment (on
+    GSM8K at 200 items the harness costs 20-50 minutes a model here) resumes into the same
+    --out without evaluating them again. Replaced whole, never half written."""
+    measured = [r for r in rows if "reused_from" not in r]
+    tmp = partial.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**header, "rows": measured}, indent=2, default=str))
+    os.replace(tmp, partial)
+
+
+def resumed_rows(partial: Path, protocol: Protocol,
+                 labels: dict[Path, str]) -> dict[tuple[str, str], dict]:
+    """The rows an interrupted compare into this --out measured (`checkpoint`), when it had
+    the same items and options; for other ones the error names the file and the fix."""
+    if not partial.is_file():
+        return {}
+    try:
+        rows = prior_rows([partial], protocol, labels)
+    except SystemExit:
+        raise SystemExit(f"{partial}: an interrupted compare on other items or options left "
+                         "its rows here; delete the file to start over, or give another "
+                         "--out") from None
+    print(f"resuming {partial}: {len(rows)} rows measured before the interruption")
+    return rows
+
+
+def measured_row(row: dict) -> dict:
+    """A row `checkpoint` saved, as it was when measured in this compare."""
+    return {k: v for k, v in row.items() if k not in SOURCE_FIELDS}
 
 
 def render_report(record: dict, report: Path, notes: str | None = None) -> None:

@@ -98,10 +98,13 @@ def mismatch(path: Path, made: tuple, wanted: tuple) -> SystemExit:
 
 def compare_rows(path: Path, record: dict, protocol: Protocol) -> list[dict]:
     """An earlier compare: every LLM row, when it had the same items, bank and harness
-    options (compare.json does not record its --model; its command does)."""
+    options, and the same --model and --bank-size where it records them (a compare.json
+    written before 2026-12-05 does not; its command does)."""
     same = (record["task"], record.get("regime"), record["items"], record.get("seed", 0),
-            record.get("harness_options", {})) == \
-        (protocol.task, protocol.regime, protocol.items, protocol.seed, protocol.harness)
+            record.get("harness_options", {}), record.get("model", protocol.model),
+            record.get("bank_size", protocol.bank_size)) == \
+        (protocol.task, protocol.regime, protocol.items, protocol.seed, protocol.harness,
+         protocol.model, protocol.bank_size)
     if not same:
         raise SystemExit(f"--reuse {path}: made on other items or options ({record['title']}); "
                          "evaluate again without --reuse")

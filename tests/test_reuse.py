@@ -4,6 +4,7 @@ row it needs already measured starts no server."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_an_earlier_compare_is_reused_only_for_unchanged_weights_on_the_same_ite
     with pytest.raises(SystemExit, match="other items"):
         prior_rows([path], protocol(task="banking77", limit=200, items=200,
                                     regime="labeled10pc", harness={}), {})
+    path.write_text(json.dumps({**record, "model": "m", "bank_size": None}))  # recorded since
+    assert set(prior_rows([path], b77, {})) == set(prior)
+    for other in ({"model": "another-model"}, {"bank_size": 1000}):
+        with pytest.raises(SystemExit, match="other items or options"):
+            prior_rows([path], dataclasses.replace(b77, **other), {})
 
 
 def test_a_runs_own_evaluation_and_evals_run_results_are_reused(data):
@@ -169,3 +175,59 @@ def test_reattach_names_a_subject_that_is_not_compared(data, monkeypatch, capsys
     assert e.value.code == 2  # argparse's usage error, before any run folder is read
     err = capsys.readouterr().err
     assert "--reattach" in err and "runs/b: not 'base' nor one of --runs" in err
+
+
+def test_an_interrupted_compare_resumes_without_measuring_a_row_again(data, monkeypatch):
+    """Each measured row is checkpointed under --out; a compare interrupted in its third
+    evaluation, run again, measures only the rows it had not finished, and the rows it
+    resumes are this compare's own (not "reused"). A checkpoint of other items is refused
+    with the file's name and the fix."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from evals.compare import PARTIAL
+    from evals.runner import EvalResult
+
+    calls: list[tuple[str, str]] = []
+    crash_at = [3]
+
+    def evaluate(task, program, items, *, lm, model_label, **_options):
+        calls.append((model_label, program))
+        if len(calls) == crash_at[0]:
+            raise KeyboardInterrupt  # the user's Ctrl-C, or the machine going away
+        traces = [Trace(ex.id, program, [LMCall("answer", [], f"\\boxed{{{ex.answer}}}", None,
+                                                 None, 0.0, {}, None)], outputs={})
+                  for ex in items]
+        score = 0.2 * len(calls)  # tells the rows apart
+        return EvalResult(task.name, program, model_label, len(items), score, score, score, 0,
+                          0, 0, 1.0, 9.0, 3.0, 0.1, scores=[score] * len(items), traces=traces)
+
+    server = SimpleNamespace(base_url="http://x", model_name="m", reload_weights=lambda p: None)
+    monkeypatch.setattr("evals.compare.policy_endpoint", lambda *a, **k: nullcontext(server))
+    monkeypatch.setattr("evals.compare.PolicyClient",
+                        lambda *a: SimpleNamespace(dspy_lm=lambda *a, **k: None))
+    monkeypatch.setattr("evals.compare.merge_adapter", lambda model, adapter: adapter)
+    monkeypatch.setattr("evals.compare.evaluate", evaluate)
+    run = trained_run(data / "runs" / "r")
+    argv = ["--task", TASK, "--model", "m", "--limit", "5", "--program", "self_consistency",
+            "--harness", json.dumps(SC), "--runs", str(run), "--out", "out"]
+    with pytest.raises(KeyboardInterrupt):
+        compare(argv)
+    partial = data / "out" / PARTIAL
+    saved = json.loads(partial.read_text())
+    assert [(r["model"], r["program"]) for r in saved["rows"]] == [
+        ("base", "none"), ("base", "self_consistency")]
+    assert saved["model"] == "m" and not (data / "out" / "compare.json").exists()
+
+    with pytest.raises(SystemExit, match=f"{PARTIAL}: an interrupted compare on other items"):
+        compare([*argv[:5], "4", *argv[6:]])  # --limit 4: other items
+
+    crash_at[0] = 0
+    record = compare(argv)
+    assert calls[3:] == [("r", "none"), ("r", "self_consistency")]  # only what was missing
+    got = [(r["model"], r["program"], r["score"]) for r in record["rows"]]
+    assert got == [("base", "none", 0.2), ("base", "self_consistency", 0.4),
+                   ("r", "none", pytest.approx(0.8)), ("r", "self_consistency", 1.0)]
+    assert not any("reused_from" in r for r in record["rows"])
+    assert all(Path(r["traces"]).is_file() for r in record["rows"])
+    assert not partial.exists() and record["model"] == "m"
