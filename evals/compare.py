@@ -47,7 +47,7 @@ from evals.diagnostics import answer_diagnostics
 from evals.metrics import fmt_ci, held_out, mean_ci
 from evals.paired import load_traces, paired_difference, paired_scores
 from evals.plots import comparison_bars, read_metrics, training_curves
-from evals.reuse import SOURCE_FIELDS, Protocol, adapter_digest, prior_rows, unchanged
+from evals.reuse import SOURCE_FIELDS, Protocol, adapter_digest, earlier_row, prior_rows
 from evals.runner import MAX_TOKENS, EvalResult, evaluate
 from evals.split import split_train
 from evals.tasks import get_task
@@ -473,14 +473,13 @@ def main(argv: list[str] | None = None) -> dict:
     partial = out / PARTIAL
     labels = {s.adapter.resolve(): s.label for s in subjects if s.adapter}
     prior = resumed_rows(partial, protocol, labels)  # first: an interrupted compare's rows win
-    for key, r in prior_rows([Path(f) for f in args.reuse], protocol, labels).items():
-        prior.setdefault(key, r)
+    for key, earlier in prior_rows([Path(f) for f in args.reuse], protocol, labels).items():
+        prior.setdefault(key, []).extend(earlier)
     plan = []  # (subject, programs, the earlier rows kept for it)
     for subject, harness_too in zip(subjects, reattached, strict=True):
         programs = ("none", *args.program) if harness_too else ("none",)
-        kept = {pr: prior[(subject.label, pr)] for pr in programs
-                if (subject.label, pr) in prior
-                and unchanged(subject.adapter, prior[(subject.label, pr)])}
+        kept = {pr: row for pr in programs
+                if (row := earlier_row(prior, subject.label, pr, subject.adapter)) is not None}
         plan.append((subject, programs, kept))
     serve = any(len(kept) < len(programs) for _, programs, kept in plan)
     rows: list[dict] = []
@@ -546,7 +545,7 @@ def checkpoint(partial: Path, header: dict, rows: list[dict]) -> None:
 
 
 def resumed_rows(partial: Path, protocol: Protocol,
-                 labels: dict[Path, str]) -> dict[tuple[str, str], dict]:
+                 labels: dict[Path, str]) -> dict[tuple[str, str], list[dict]]:
     """The rows an interrupted compare into this --out measured (`checkpoint`), when it had
     the same items and options; for other ones the error names the file and the fix."""
     if not partial.is_file():
@@ -557,7 +556,8 @@ def resumed_rows(partial: Path, protocol: Protocol,
         raise SystemExit(f"{partial}: an interrupted compare on other items or options left "
                          "its rows here; delete the file to start over, or give another "
                          "--out") from None
-    print(f"resuming {partial}: {len(rows)} rows measured before the interruption")
+    print(f"resuming {partial}: {sum(map(len, rows.values()))} rows measured before the "
+          "interruption")
     return rows
 
 

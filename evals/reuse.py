@@ -56,20 +56,27 @@ def unchanged(adapter: Path | None, row: dict) -> bool:
 
 
 def prior_rows(paths: list[Path], protocol: Protocol,
-               labels: dict[Path, str]) -> dict[tuple[str, str], dict]:
-    """(subject label, program) -> earlier row, from each of `paths` (a file, or the folder
-    that holds it); where two files hold the same row, the first given wins. `labels` maps
-    each compared adapter folder (resolved) to its subject label, so a run's or evals.run's
-    rows of that adapter find their subject."""
-    rows: dict[tuple[str, str], dict] = {}
+               labels: dict[Path, str]) -> dict[tuple[str, str], list[dict]]:
+    """(subject label, program) -> the earlier rows of it, from each of `paths` (a file, or
+    the folder that holds it) in the order given. `labels` maps each compared adapter folder
+    (resolved) to its subject label, so a run's or evals.run's rows of that adapter find
+    their subject. A label has several rows where runs of several seeds share it:
+    `earlier_row` picks the one that measured the subject's weights."""
+    rows: dict[tuple[str, str], list[dict]] = {}
     for path in paths:
-        for key, row in read_rows(path, protocol, labels).items():
-            rows.setdefault(key, row)
+        for row in read_rows(path, protocol, labels):
+            rows.setdefault((row["model"], row["program"]), []).append(row)
     return rows
 
 
-def read_rows(path: Path, protocol: Protocol,
-              labels: dict[Path, str]) -> dict[tuple[str, str], dict]:
+def earlier_row(prior: dict[tuple[str, str], list[dict]], label: str, program: str,
+                adapter: Path | None) -> dict | None:
+    """The first earlier row of (label, program) that measured the weights at `adapter`
+    (None: the base), or None."""
+    return next((r for r in prior.get((label, program), []) if unchanged(adapter, r)), None)
+
+
+def read_rows(path: Path, protocol: Protocol, labels: dict[Path, str]) -> list[dict]:
     if path.is_dir():
         path = next((path / n for n in ("compare.json", "eval.json", "results.json")
                      if (path / n).is_file()), path / "eval.json")
@@ -87,8 +94,7 @@ def read_rows(path: Path, protocol: Protocol,
         raise SystemExit(f"--reuse {path}: not a compare.json, a run's eval.json or an "
                          "evals.run results.json")
     written = path.stat().st_mtime
-    return {(r["model"], r["program"]): {**r, "_written": written, "_source": str(path)}
-            for r in rows}
+    return [{**r, "_written": written, "_source": str(path)} for r in rows]
 
 
 def mismatch(path: Path, made: tuple, wanted: tuple) -> SystemExit:
@@ -130,8 +136,19 @@ def run_eval_rows(path: Path, record: dict, protocol: Protocol,
     for r in record["rows"]:
         label = "base" if r["model"] == "base" else labels.get(adapter)
         if label is not None:
-            out.append({**r, "model": label, "_traces": str(run / f"eval-traces-{r['model']}.jsonl")})
+            weights = {} if label == "base" else {"adapter_sha256": measured_digest(adapter, path)}
+            out.append({**r, "model": label, **weights,
+                        "_traces": str(run / f"eval-traces-{r['model']}.jsonl")})
     return out
+
+
+def measured_digest(adapter: Path, record: Path) -> str:
+    """The digest of the weights `record` measured: the adapter's now where its file is older
+    than the record; else a mark no digest equals (trained since). Recorded so that two
+    seeds of one run, which share a label, never stand in for each other."""
+    if (adapter / "adapter_model.safetensors").stat().st_mtime < record.stat().st_mtime:
+        return adapter_digest(adapter)
+    return f"changed after {record}"
 
 
 def evals_run_rows(path: Path, record: dict, protocol: Protocol,
@@ -152,5 +169,8 @@ def evals_run_rows(path: Path, record: dict, protocol: Protocol,
     same_harness = (args.get("harness") or {}) == protocol.harness and \
         args.get("verify") is None and protocol.regime == "all-labels" and \
         protocol.bank_size is None
-    return [{**r, "model": label, "_traces": str(path.parent / f"traces-{r['program']}.jsonl")}
+    weights = {} if adapter is None else \
+        {"adapter_sha256": measured_digest(Path(adapter).resolve(), path)}
+    return [{**r, "model": label, **weights,
+             "_traces": str(path.parent / f"traces-{r['program']}.jsonl")}
             for r in record["results"] if r["program"] == "none" or same_harness]

@@ -13,7 +13,7 @@ import pytest
 
 from evals.compare import load_subject
 from evals.compare import main as compare
-from evals.reuse import Protocol, adapter_digest, prior_rows, unchanged
+from evals.reuse import Protocol, adapter_digest, earlier_row, prior_rows, unchanged
 from scaffold.trace import LMCall, Trace, write_jsonl
 from tests.test_compare import make_run, row
 
@@ -84,15 +84,15 @@ def test_an_earlier_compare_is_reused_only_for_unchanged_weights_on_the_same_ite
                    regime="labeled10pc", harness={})
     prior = prior_rows([path], b77, {})
     assert set(prior) == {("base", "none"), ("old", "none"), ("old", "draft_verify")}
-    assert prior[("old", "none")]["_source"] == str(path)
-    assert unchanged(None, prior[("base", "none")])
+    assert prior[("old", "none")][0]["_source"] == str(path)
+    assert unchanged(None, prior[("base", "none")][0])
     old_adapter = load_subject(old).adapter
-    assert unchanged(old_adapter, prior[("old", "none")])
+    assert unchanged(old_adapter, prior[("old", "none")][0])
     assert ("new", "none") not in prior  # never measured
     (old / "final_adapter" / "adapter_model.safetensors").write_bytes(b"trained on")
-    assert not unchanged(old_adapter, prior[("old", "none")])
-    prior[("old", "none")]["adapter_sha256"] = adapter_digest(old_adapter)
-    assert unchanged(old_adapter, prior[("old", "none")])  # a digest decides when there is one
+    assert not unchanged(old_adapter, prior[("old", "none")][0])
+    prior[("old", "none")][0]["adapter_sha256"] = adapter_digest(old_adapter)
+    assert unchanged(old_adapter, prior[("old", "none")][0])  # a digest decides when there is one
     with pytest.raises(SystemExit, match="other items"):
         prior_rows([path], protocol(task="banking77", limit=200, items=200,
                                     regime="labeled10pc", harness={}), {})
@@ -110,11 +110,12 @@ def test_a_runs_own_evaluation_and_evals_run_results_are_reused(data):
     # the folders will do; the first file given wins the base's bare row
     prior = prior_rows([results.parent, run], protocol(), labels)
     assert set(prior) == {("base", "none"), ("base", "self_consistency"), ("r", "none")}
-    assert prior[("base", "none")]["score"] == 0.25
-    assert prior[("r", "none")]["score"] == 0.4
-    assert prior[("r", "none")]["_traces"] == str(run / "eval-traces-trained.jsonl")
-    assert prior_rows([run, results], protocol(), labels)[("base", "none")]["score"] == 0.2
-    assert unchanged(load_subject(run).adapter, prior[("r", "none")])
+    assert earlier_row(prior, "base", "none", None)["score"] == 0.25
+    trained = earlier_row(prior, "r", "none", load_subject(run).adapter)
+    assert trained["score"] == 0.4
+    assert trained["_traces"] == str(run / "eval-traces-trained.jsonl")
+    assert earlier_row(prior_rows([run, results], protocol(), labels), "base", "none",
+                       None)["score"] == 0.2
     # a run that is not compared gives its base row only
     assert set(prior_rows([run], protocol(), {})) == {("base", "none")}
     # a harness row is reused only with the same harness options and the whole train split
@@ -124,6 +125,37 @@ def test_a_runs_own_evaluation_and_evals_run_results_are_reused(data):
     adapter = evals_run_results(data / "runs" / "sc-r", adapter=str(run / "final_adapter"))
     assert set(prior_rows([adapter], protocol(), labels)) == {("r", "none"),
                                                               ("r", "self_consistency")}
+
+
+def test_two_seeds_of_one_run_share_a_label_and_never_each_others_rows(data):
+    """Runs of several seeds (RUN/seed0, RUN/seed1) are one label in a compare: each seed's
+    adapter takes only the row that measured it, from its own eval.json or an earlier
+    compare that holds both."""
+    seeds = [trained_run(data / "runs" / "x" / f"seed{i}") for i in (0, 1)]
+    one = seeds[1] / "final_adapter" / "adapter_model.safetensors"
+    one.write_bytes(b"seed one's weights")
+    os.utime(one, (1, 1))
+    record = json.loads((seeds[1] / "eval.json").read_text())
+    record["rows"][1]["score"] = 0.6
+    (seeds[1] / "eval.json").write_text(json.dumps(record))
+    subjects = [load_subject(run) for run in seeds]
+    assert {s.label for s in subjects} == {"x"}
+    labels = {s.adapter.resolve(): s.label for s in subjects}
+    prior = prior_rows(seeds, protocol(), labels)
+    assert [earlier_row(prior, "x", "none", s.adapter)["score"] for s in subjects] == [0.4, 0.6]
+    # an earlier compare of both seeds: the rows carry their digests
+    compare_json = data / "compare.json"
+    compare_json.write_text(json.dumps({
+        "task": TASK, "regime": "all-labels", "items": 5, "seed": 0, "harness_options": SC,
+        "title": "t", "rows": [{**row("x", "none", 0.6), "adapter_sha256": adapter_digest(
+            subjects[1].adapter)}, {**row("x", "none", 0.4), "adapter_sha256": adapter_digest(
+                subjects[0].adapter)}]}))
+    prior = prior_rows([compare_json], protocol(), labels)
+    assert [earlier_row(prior, "x", "none", s.adapter)["score"] for s in subjects] == [0.4, 0.6]
+    # a seed trained again after its evaluation takes no row
+    one.write_bytes(b"trained again")
+    assert earlier_row(prior_rows(seeds, protocol(), labels), "x", "none",
+                       subjects[1].adapter) is None
 
 
 def test_reuse_names_the_file_that_does_not_fit(data):
