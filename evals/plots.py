@@ -23,15 +23,21 @@ def comparison_bars(rows: list[dict], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.2))
     ax.bar(range(len(rows)), scores, yerr=err, capsize=4, color=colors)
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (95% bootstrap CI)")
     ax.set_title(title)
-    for i, s in enumerate(scores):
-        ax.text(i, s + 0.02, f"{s:.2f}", ha="center", fontsize=8)
+    for i, (s, y) in enumerate(zip(scores, value_label_heights(rows), strict=True)):
+        ax.text(i, y, f"{s:.3f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def value_label_heights(rows: list[dict]) -> list[float]:
+    """Where each bar's score is written: just above the top of its error bar, which a
+    label at the bar's own height would sit on."""
+    return [max(r["score"], r["ci_high"]) + 0.015 for r in rows]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -133,6 +133,14 @@ def test_markdown_table_report_and_plots(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_each_bar_value_is_written_above_its_error_bar():
+    from evals.plots import value_label_heights
+
+    rows = [row("base", "none", 0.3), row("run", "none", 0.5, ci_high=0.9),
+            row("odd", "none", 0.4, ci_high=0.35)]  # an interval below its score: the bar's top
+    assert value_label_heights(rows) == pytest.approx([0.415, 0.915, 0.415])
+
+
 def test_rerender_rewrites_the_section_from_saved_results(tmp_path):
     from evals.compare import rerender
 
