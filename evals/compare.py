@@ -186,13 +186,16 @@ def reused_row(row: dict, task: TaskContract, subject: Subject) -> dict:
     return {**out, **subject_fields(subject), "reused_from": row["_source"]}
 
 
-def write_row_traces(res: EvalResult, out: Path, position: int, label: str) -> str:
+def write_row_traces(res: EvalResult, out: Path, position: int, label: str,
+                     digest: str | None = None) -> str:
     """Keep an evaluated row's traces under `out`/traces, so that later rows on the same
     items can be paired with it (`add_paired`, evals.paired); returns the absolute path.
-    Named by the subject's `position` in this compare (two seeds of one run share a label)
-    and program; an earlier compare's file of that name is replaced, not appended to."""
+    Named by the subject's `position` in this compare and its adapter's `digest` (two seeds
+    of one run share a label, and a rerun may list them in another order) and program; an
+    earlier compare's file of that name is replaced, not appended to."""
+    who = label if digest is None else f"{label}-{digest[:8]}"
     name = "--".join([f"{position:02d}", *(re.sub(r"[^\w.-]+", "_", part)
-                                            for part in (label, res.program))])
+                                            for part in (who, res.program))])
     path = (out / "traces" / f"{name}.jsonl").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # write_jsonl appends
@@ -463,10 +466,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     protocol = Protocol(task=task.name, task_spec=args.task, model=args.model,
                         limit=args.limit, seed=args.seed, items=len(items), regime=regime,
-                        harness=args.harness, bank_size=args.bank_size)
+                        harness=args.harness, bank_size=args.bank_size,
+                        split_seed=args.split_seed if split else None)
     bank_note = f", labelled bank {len(split.bank)} ({regime})" if split else ""
     title = f"{task.name}: {len(items)} held-out items, greedy{bank_note}"
     header = {"task": task.name, "model": args.model, "bank_size": args.bank_size,
+              "split_seed": args.split_seed if split else None,
               "regime": regime, "stem": stem, "seed": args.seed,
               "harness_options": args.harness, "bank": len(split.bank) if split else None,
               "title": title, "items": len(items)}
@@ -496,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
                     if program in kept and kept[program]["_source"] == str(partial):
                         print(f"{subject.label} / {program}: measured before the interruption "
                               f"({partial})")
-                        rows.append(measured_row(kept[program]))
+                        rows.append({**measured_row(kept[program]), **subject_fields(subject)})
                         continue
                     if program in kept:
                         print(f"{subject.label} / {program}: reused from "
@@ -506,8 +511,9 @@ def main(argv: list[str] | None = None) -> dict:
                     res = evaluate(task, program, items, lm=lm, model_label=subject.label,
                                    index=index, concurrency=args.concurrency,
                                    harness_options=args.harness if program != "none" else None)
-                    rows.append({**result_row(res, task, subject),
-                                 "traces": write_row_traces(res, out, position, subject.label)})
+                    row = result_row(res, task, subject)
+                    rows.append({**row, "traces": write_row_traces(
+                        res, out, position, subject.label, row["adapter_sha256"])})
                     checkpoint(partial, header, rows)
         finally:
             if serve and args.api_base and len(subjects) > 1:

@@ -37,6 +37,7 @@ class Protocol:
     regime: str  # the bank: "all-labels", or a labelled bank's regime (evals/split.py)
     harness: dict = field(default_factory=dict)
     bank_size: int | None = None  # --bank-size: a seeded subset of the train split
+    split_seed: int | None = None  # --split-seed of a labelled bank (None: all labels)
 
 
 def adapter_digest(adapter: Path | None) -> str | None:
@@ -104,13 +105,14 @@ def mismatch(path: Path, made: tuple, wanted: tuple) -> SystemExit:
 
 def compare_rows(path: Path, record: dict, protocol: Protocol) -> list[dict]:
     """An earlier compare: every LLM row, when it had the same items, bank and harness
-    options, and the same --model and --bank-size where it records them (a compare.json
-    written before 2026-12-05 does not; its command does)."""
+    options, and the same --model, --bank-size and --split-seed where it records them (a
+    compare.json written before 2026-12-05 does not; its command does)."""
     same = (record["task"], record.get("regime"), record["items"], record.get("seed", 0),
             record.get("harness_options", {}), record.get("model", protocol.model),
-            record.get("bank_size", protocol.bank_size)) == \
+            record.get("bank_size", protocol.bank_size),
+            record.get("split_seed", protocol.split_seed)) == \
         (protocol.task, protocol.regime, protocol.items, protocol.seed, protocol.harness,
-         protocol.model, protocol.bank_size)
+         protocol.model, protocol.bank_size, protocol.split_seed)
     if not same:
         raise SystemExit(f"--reuse {path}: made on other items or options ({record['title']}); "
                          "evaluate again without --reuse")

@@ -107,8 +107,9 @@ class SelfConsistency(dspy.Module):
         sees that prompt with the winning solution and its vote count appended to the
         question (the answer prefill, if any, stays last): what the harness found, in the
         student's own answer format. With `teacher_sees="working"` the solution loses its
-        final answer sentence; a solution that is nothing but that sentence leaves the
-        student's own request, which the loop skips as a fallback (no signal)."""
+        final answer sentence; a solution that is nothing but that sentence, or has none
+        at its end, leaves the student's own request, which the loop skips as a fallback
+        (no signal)."""
         chosen = trace.outputs.get("completion")
         solves = [c for c in trace.calls if not c.step.endswith("plan")]  # solve, or bare
         call = next((c for c in solves if c.completion == chosen), trace.final_call())
@@ -116,16 +117,13 @@ class SelfConsistency(dspy.Module):
             return call
         answers = [self.task.parse(c.completion) for c in solves]
         agreeing = answers.count(self.task.parse(chosen))
-        if self.teacher_sees == "working":
-            working = without_final_answer(chosen)
-            if not working:
-                return call
-            note = (f"{agreeing} of {len(solves)} sampled solutions reached the same final "
-                    f"answer. The working of one of them, without its final answer sentence "
-                    f"(use it, do not mention it):\n{working}")
-        else:
-            note = (f"{agreeing} of {len(solves)} sampled solutions reached the same final "
-                    f"answer. One of them (use it, do not mention it):\n{chosen}")
+        shown, what = (chosen, "One of them") if self.teacher_sees == "solution" else \
+            (without_final_answer(chosen), "The working of one of them, without its final "
+             "answer sentence")
+        if not shown:
+            return call
+        note = (f"{agreeing} of {len(solves)} sampled solutions reached the same final "
+                f"answer. {what} (use it, do not mention it):\n{shown}")
         return dataclasses.replace(call, messages=_append_to_question(call.messages, note))
 
     def student_samples(self, trace: Trace) -> list[LMCall]:

@@ -98,9 +98,11 @@ def test_an_earlier_compare_is_reused_only_for_unchanged_weights_on_the_same_ite
                                     regime="labeled10pc", harness={}), {})
     path.write_text(json.dumps({**record, "model": "m", "bank_size": None}))  # recorded since
     assert set(prior_rows([path], b77, {})) == set(prior)
-    for other in ({"model": "another-model"}, {"bank_size": 1000}):
+    path.write_text(json.dumps({**record, "model": "m", "bank_size": None, "split_seed": 0}))
+    assert set(prior_rows([path], dataclasses.replace(b77, split_seed=0), {})) == set(prior)
+    for other in ({"model": "another-model"}, {"bank_size": 1000}, {"split_seed": 1}):
         with pytest.raises(SystemExit, match="other items or options"):
-            prior_rows([path], dataclasses.replace(b77, **other), {})
+            prior_rows([path], dataclasses.replace(b77, **{"split_seed": 0, **other}), {})
 
 
 def test_a_runs_own_evaluation_and_evals_run_results_are_reused(data):
