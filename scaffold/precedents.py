@@ -42,6 +42,11 @@ INDEX_FILE = "index.faiss"
 META_FILE = "precedents.json"
 IVF_THRESHOLD = 100_000  # "auto" switches from exact search to IVF above this many rows
 QUERY_CACHE_SIZE = 4096  # query text -> vector; a harness asks several questions about one text
+# sentence-transformers sorts a call's texts by length and pads each batch to its longest:
+# 64 held-out BANKING77 queries (14.5 tokens on average, 58 at most) took 9.0 ms of CPU
+# each in one batch of 64, 6.2 in batches of 32, 5.1 in batches of 16 or 8 (Zen 5, alone),
+# with vectors equal within 2e-7.
+QUERY_BATCH_SIZE = 16
 _WIDEN = 4  # each retry of a filtered search fetches this many times more candidates
 
 
@@ -421,7 +426,8 @@ class PrecedentIndex:
                 found.update(zip(stored, self._stored_vectors(stored), strict=True))
                 missing = [t for t in missing if t not in self._row_of_text]
         if missing:
-            fresh = np.asarray(self.embedder.encode(missing, progress=False), dtype=np.float32)
+            fresh = np.asarray(self.embedder.encode(missing, batch_size=QUERY_BATCH_SIZE,
+                                                    progress=False), dtype=np.float32)
             found.update(zip(missing, fresh, strict=True))
             with self._cache_lock:
                 for text, vector in zip(missing, fresh, strict=True):
