@@ -20,7 +20,8 @@ Rows measured earlier on the same items (an earlier compare, a run's own final e
 evals.run's results) are taken instead of evaluated again with --reuse (evals/reuse.py), and
 --reattach limits the harness rows to some subjects: a report can grow a run at a time.
 Each row measured is checkpointed under --out (compare.partial.json): a compare interrupted
-at any moment, run again into the same --out, measures only the rows it had not finished.
+at any moment, run again into the same --out, measures only the rows it had not finished;
+rows of a subject the rerun does not list stay in the checkpoint for a later one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
               "title": title, "items": len(items)}
     partial = out / PARTIAL
     labels = {s.adapter.resolve(): s.label for s in subjects if s.adapter}
-    prior = resumed_rows(partial, protocol, labels)  # first: an interrupted compare's rows win
+    prior, carried = resumed_rows(partial, protocol, labels)  # first: its rows win
     for key, earlier in prior_rows([Path(f) for f in args.reuse], protocol, labels).items():
         prior.setdefault(key, []).extend(earlier)
     plan = []  # (subject, programs, the earlier rows kept for it)
@@ -514,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
                     row = result_row(res, task, subject)
                     rows.append({**row, "traces": write_row_traces(
                         res, out, position, subject.label, row["adapter_sha256"])})
-                    checkpoint(partial, header, rows)
+                    checkpoint(partial, header, rows, carried)
         finally:
             if serve and args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it
@@ -532,7 +534,13 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"command": command, **header, "rows": rows, "seed_summary": summary,
               "plots": [str(bars)] + ([str(curves)] if curves else [])}
     (out / "compare.json").write_text(json.dumps(record, indent=2, default=str))
-    partial.unlink(missing_ok=True)
+    unlisted = not_recorded(carried, rows)
+    if unlisted:  # subjects the interrupted compare had and this one did not list
+        checkpoint(partial, header, [], unlisted)
+        print(f"{partial} keeps {len(unlisted)} rows of subjects this compare did not list: a "
+              "compare into this --out that lists them again takes them")
+    else:
+        partial.unlink(missing_ok=True)
     print(markdown_table(rows))
     if args.report:
         render_report(record, Path(args.report), args.notes)
@@ -540,22 +548,38 @@ def main(argv: list[str] | None = None) -> dict:
     return record
 
 
-def checkpoint(partial: Path, header: dict, rows: list[dict]) -> None:
+def checkpoint(partial: Path, header: dict, rows: list[dict],
+               carried: Sequence[dict] = ()) -> None:
     """The rows measured so far, after each one: a compare interrupted at any moment (on
     GSM8K at 200 items the harness costs 20-50 minutes a model here) resumes into the same
-    --out without evaluating them again. Replaced whole, never half written."""
+    --out without evaluating them again. `carried`: an earlier checkpoint's rows, kept where
+    this compare has not recorded them again (a subject it does not list loses nothing).
+    Replaced whole, never half written."""
     measured = [r for r in rows if "reused_from" not in r]
     tmp = partial.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**header, "rows": measured}, indent=2, default=str))
+    tmp.write_text(json.dumps({**header, "rows": measured + not_recorded(carried, measured)},
+                              indent=2, default=str))
     os.replace(tmp, partial)
 
 
-def resumed_rows(partial: Path, protocol: Protocol,
-                 labels: dict[Path, str]) -> dict[tuple[str, str], list[dict]]:
+def not_recorded(carried: Sequence[dict], rows: list[dict]) -> list[dict]:
+    """The rows of `carried` whose subject weights and program no row of `rows` measured."""
+    done = {(r["model"], r["program"], r.get("adapter_sha256")) for r in rows}
+    return [r for r in carried if (r["model"], r["program"], r.get("adapter_sha256")) not in done]
+
+
+def resumed_rows(partial: Path, protocol: Protocol, labels: dict[Path, str]
+                 ) -> tuple[dict[tuple[str, str], list[dict]], list[dict]]:
     """The rows an interrupted compare into this --out measured (`checkpoint`), when it had
-    the same items and options; for other ones the error names the file and the fix."""
+    the same items and options, by (label, program) and as saved; for other ones, or a file
+    that cannot be read, the error names the file and the fix."""
     if not partial.is_file():
-        return {}
+        return {}, []
+    try:
+        saved = json.loads(partial.read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{partial}: cannot read this checkpoint of an interrupted compare "
+                         f"({e!r}); delete the file to measure its rows again") from None
     try:
         rows = prior_rows([partial], protocol, labels)
     except SystemExit:
@@ -564,7 +588,7 @@ def resumed_rows(partial: Path, protocol: Protocol,
                          "--out") from None
     print(f"resuming {partial}: {sum(map(len, rows.values()))} rows measured before the "
           "interruption")
-    return rows
+    return rows, saved
 
 
 def measured_row(row: dict) -> dict:

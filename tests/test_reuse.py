@@ -265,3 +265,28 @@ def test_an_interrupted_compare_resumes_without_measuring_a_row_again(data, monk
     assert not any("reused_from" in r for r in record["rows"])
     assert all(Path(r["traces"]).is_file() for r in record["rows"])
     assert not partial.exists() and record["model"] == "m"
+
+    # Interrupted again, in the trained run's harness row; run again without the trained run:
+    # its bare row stays in the checkpoint and a third compare that lists it takes it.
+    (data / "out" / "compare.json").unlink()
+    calls.clear()
+    crash_at[0] = 4
+    with pytest.raises(KeyboardInterrupt):
+        compare([*argv[:-2], "--out", "out2"])
+    crash_at[0] = 0
+    base_only = [a for a in argv[:-2] if a not in ("--runs", str(run))]
+    record = compare([*base_only, "--out", "out2"])
+    assert [(r["model"], r["program"]) for r in record["rows"]] == [
+        ("base", "none"), ("base", "self_consistency")]
+    kept = json.loads((data / "out2" / PARTIAL).read_text())["rows"]
+    assert [(r["model"], r["program"]) for r in kept] == [("r", "none")]
+    assert len(calls) == 4  # nothing measured again
+    record = compare([*argv[:-2], "--reuse", "out2/compare.json", "--out", "out2"])
+    assert calls[4:] == [("r", "self_consistency")]  # the bare row came from the checkpoint
+    assert [r["score"] for r in record["rows"]] == pytest.approx([0.2, 0.4, 0.6, 1.0])
+    assert ["reused_from" in r for r in record["rows"]] == [True, True, False, False]
+    assert not (data / "out2" / PARTIAL).exists()
+
+    (data / "out2" / PARTIAL).write_text("{not json")
+    with pytest.raises(SystemExit, match=f"{PARTIAL}: cannot read this checkpoint"):
+        compare([*argv[:-2], "--out", "out2"])
