@@ -28,7 +28,8 @@ from scaffold.types import TaskContract
 
 POLICIES = ("final_request", "transcript")
 # weak_vote: self_consistency's majority below its min_votes (wrong more often than right)
-NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan", "weak_vote"}
+# greedy_agrees: self_consistency's vote equals the policy's greedy answer (nothing to teach)
+NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan", "weak_vote", "greedy_agrees"}
 
 
 @dataclass

@@ -19,10 +19,13 @@ from scaffold.types import TaskContract
 class ScriptedEngine:
     """A DSPy engine (`complete(Request) -> Response`, DSPy's public extension point since
     3.4) whose reply is `respond(messages)`: deterministic, thread-safe, and it records
-    every request as OpenAI-style messages plus its sampling settings."""
+    every request as OpenAI-style messages plus its sampling settings. With
+    `sees_settings`, `respond(messages, settings)` also gets the request's settings
+    (temperature, seed, ...)."""
 
-    def __init__(self, respond: Callable[[list[dict]], str]):
+    def __init__(self, respond: Callable[..., str], sees_settings: bool = False):
         self.respond = respond
+        self.sees_settings = sees_settings
         self.requests: list[list[dict]] = []
         self.request_kwargs: list[dict] = []
         self._lock = threading.Lock()
@@ -40,7 +43,7 @@ class ScriptedEngine:
         with self._lock:
             self.requests.append(messages)
             self.request_kwargs.append(settings)
-        text = self.respond(messages)
+        text = self.respond(messages, settings) if self.sees_settings else self.respond(messages)
         usage = Usage(input_tokens=sum(len(m["content"].split()) for m in messages),
                       output_tokens=len(text.split()), total_tokens=0)
         return Response(id=None, model="scripted", message=Message.assistant([TextPart(text)]),
@@ -56,8 +59,8 @@ class ScriptedEngine:
 class ScriptedLM(dspy.LM):
     """A dspy LM whose completion is `respond(messages)`, through `ScriptedEngine`."""
 
-    def __init__(self, respond: Callable[[list[dict]], str]):
-        self.scripted = ScriptedEngine(respond)
+    def __init__(self, respond: Callable[..., str], sees_settings: bool = False):
+        self.scripted = ScriptedEngine(respond, sees_settings)
         super().__init__("scripted", engine=self.scripted, cache=False, temperature=0.0,
                          max_tokens=64)
 

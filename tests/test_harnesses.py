@@ -47,10 +47,10 @@ def ex(question, answer="card_arrival", id_="t/1"):
     return Example(id=id_, question=question, answer=answer)
 
 
-def run(program, example, respond):
+def run(program, example, respond, sees_settings=False):
     from scaffold.trace import TraceCollector
 
-    lm = ScriptedLM(respond)
+    lm = ScriptedLM(respond, sees_settings)
     with dspy.context(lm=lm, adapter=__import__("scaffold.adapter").adapter.PlainChatAdapter()):
         with TraceCollector().trace(example.id, program, {"question": example.question}) as tr:
             pred = program(example=example)
@@ -636,6 +636,45 @@ def test_precedent_solve_shows_the_nearest_solved_problems_before_the_question(t
     assert tc.messages == lm.requests[0] and not tc.fallback
     with pytest.raises(ValueError, match="precedent index"):
         build_harness("precedent_solve", task)
+
+
+def test_self_consistency_marks_a_vote_equal_to_the_greedy_answer_as_no_signal(
+        tmp_path, monkeypatch):
+    """skip_when_greedy_agrees: one more call at temperature 0, apart from the samples; a
+    vote equal to its answer is a greedy_agrees fallback (skipped in training), a vote that
+    differs teaches, and neither the vote count shown to the teacher nor the student's
+    rollouts include the greedy call."""
+    from distill.teacher import from_trace
+
+    task = two_plus_three(tmp_path, monkeypatch)
+    example = task.load("test")[0]
+    student = task.student_messages(example)
+    for greedy_reply, agrees in (("\\boxed{5}", True), ("\\boxed{6}", False)):
+        samples, lock = iter(["\\boxed{5}", "\\boxed{5}", "\\boxed{7}", "\\boxed{5}"]), \
+            threading.Lock()
+
+        def respond(messages, settings, samples=samples, lock=lock, greedy_reply=greedy_reply):
+            if settings.get("temperature") == 0.0:
+                return f"So {greedy_reply}."
+            with lock:
+                return f"So {next(samples)}."
+
+        program = build_harness("self_consistency", task, n=4, solver="none", min_votes=3,
+                                skip_when_greedy_agrees=True)
+        pred, tr, lm = run(program, example, respond, sees_settings=True)
+        tr.outputs = {"answer": pred.answer, "completion": pred.completion}
+        assert pred.answer == "5" and pred.votes == {"5": 3, "7": 1}
+        assert sorted(k["temperature"] for k in lm.request_kwargs) == [0.0, 0.7, 0.7, 0.7, 0.7]
+        assert sorted(tr.step_names()) == ["greedy.answer"] + ["solver.answer"] * 4
+        assert [f["kind"] for f in tr.fallbacks] == (["greedy_agrees"] if agrees else [])
+        tc = from_trace(tr, student, teacher_call=program.teacher_call)
+        assert tc.fallback == agrees and (tc.reason == "greedy_agrees") == agrees
+        assert "3 of 4 sampled solutions reached the same final answer" in \
+            tc.messages[-1]["content"]
+        assert [c.step for c in program.student_samples(tr)] == ["solver.answer"] * 4
+    plain = build_harness("self_consistency", task, n=2, solver="none")
+    _, tr, lm = run(plain, example, lambda m: "So \\boxed{5}.")
+    assert len(lm.requests) == 2 and not tr.fallbacks  # off by default: no greedy call
 
 
 def test_self_consistency_marks_a_vote_under_min_votes_as_no_signal(tmp_path, monkeypatch):
