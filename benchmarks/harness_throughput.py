@@ -160,11 +160,12 @@ def main() -> None:
                   f"first): harness/raw {harness.tokens_per_s / raw.tokens_per_s:.2f}", flush=True)
 
     ratios = [r["harness executor"].tokens_per_s / r["raw requests"].tokens_per_s for r in runs]
-    # The executor's own share: the harness side's wall less its `prepare` (draft_verify's
-    # query embedding, the harness's work rather than the executor's), same tokens.
-    executor_ratios = [r["raw requests"].wall_s
-                       / (r["harness executor"].wall_s - r["harness executor"].prepare_wall_s)
-                       for r in runs]
+    # The executor's own share: the harness side's tokens over its wall less its `prepare`
+    # (draft_verify's query embedding, the harness's work rather than the executor's).
+    executor_ratios = [
+        (h.prompt_tokens + h.completion_tokens) / (h.wall_s - h.prepare_wall_s)
+        / r["raw requests"].tokens_per_s
+        for r in runs for h in [r["harness executor"]]]
     requests = runs[0]["harness executor"].calls
     table = Table(title=f"{args.program} on {task.name}: {args.items} items x {args.repeats} "
                         f"repeats, ~{requests} requests each, concurrency {args.concurrency} "

@@ -35,7 +35,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +246,14 @@ def subject_fields(subject: Subject) -> dict:
             "method": subject.config.get("method", "base" if subject.adapter is None else ""),
             "seed": subject.config.get("seed"),
             "harness": subject.config.get("program"),  # the harness a run was distilled from
-            "adapter_sha256": adapter_digest(subject.adapter)}
+            "adapter_sha256": adapter_digest(subject.adapter),
+            "adapter_path": subject_path(subject)}
+
+
+def subject_path(subject: Subject) -> str | None:
+    """The compared adapter folder, resolved (None: the base): a checkpoint's rows of a
+    subject a rerun lists again give way to that rerun's, whatever its weights are now."""
+    return str(subject.adapter.resolve()) if subject.adapter else None
 
 
 def add_lift_capture(rows: list[dict]) -> None:
@@ -480,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
     partial = out / PARTIAL
     labels = {s.adapter.resolve(): s.label for s in subjects if s.adapter}
     prior, carried = resumed_rows(partial, protocol, labels)  # first: its rows win
+    listed = {subject_path(s) for s in subjects}
     for key, earlier in prior_rows([Path(f) for f in args.reuse], protocol, labels).items():
         prior.setdefault(key, []).extend(earlier)
     plan = []  # (subject, programs, the earlier rows kept for it)
@@ -516,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
                     row = result_row(res, task, subject)
                     rows.append({**row, "traces": write_row_traces(
                         res, out, position, subject.label, row["adapter_sha256"])})
-                    checkpoint(partial, header, rows, carried)
+                    checkpoint(partial, header, rows, carried, listed)
         finally:
             if serve and args.api_base and len(subjects) > 1:
                 server.reload_weights(model_path)  # leave a shared server as we found it
@@ -534,9 +542,9 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"command": command, **header, "rows": rows, "seed_summary": summary,
               "plots": [str(bars)] + ([str(curves)] if curves else [])}
     (out / "compare.json").write_text(json.dumps(record, indent=2, default=str))
-    unlisted = not_recorded(carried, rows)
+    unlisted = not_recorded(carried, rows, listed)
     if unlisted:  # subjects the interrupted compare had and this one did not list
-        checkpoint(partial, header, [], unlisted)
+        checkpoint(partial, header, [], unlisted, listed)
         print(f"{partial} keeps {len(unlisted)} rows of subjects this compare did not list: a "
               "compare into this --out that lists them again takes them")
     else:
@@ -549,23 +557,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def checkpoint(partial: Path, header: dict, rows: list[dict],
-               carried: Sequence[dict] = ()) -> None:
+               carried: Sequence[dict] = (), listed: Collection[str | None] = ()) -> None:
     """The rows measured so far, after each one: a compare interrupted at any moment (on
     GSM8K at 200 items the harness costs 20-50 minutes a model here) resumes into the same
     --out without evaluating them again. `carried`: an earlier checkpoint's rows, kept where
-    this compare has not recorded them again (a subject it does not list loses nothing).
-    Replaced whole, never half written."""
+    this compare does not list their subject (`listed`: the subjects' `subject_path`), so a
+    subject left out of a rerun loses nothing. Replaced whole, never half written."""
     measured = [r for r in rows if "reused_from" not in r]
     tmp = partial.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**header, "rows": measured + not_recorded(carried, measured)},
+    kept = not_recorded(carried, measured, listed)
+    tmp.write_text(json.dumps({**header, "rows": measured + kept},
                               indent=2, default=str))
     os.replace(tmp, partial)
 
 
-def not_recorded(carried: Sequence[dict], rows: list[dict]) -> list[dict]:
-    """The rows of `carried` whose subject weights and program no row of `rows` measured."""
+def not_recorded(carried: Sequence[dict], rows: list[dict],
+                 listed: Collection[str | None]) -> list[dict]:
+    """The rows of `carried` of subjects not in `listed` (their `subject_path`) and not
+    measured again in `rows` (a checkpoint written before adapter_path was recorded)."""
     done = {(r["model"], r["program"], r.get("adapter_sha256")) for r in rows}
-    return [r for r in carried if (r["model"], r["program"], r.get("adapter_sha256")) not in done]
+    return [r for r in carried if r.get("adapter_path", "?") not in listed
+            and (r["model"], r["program"], r.get("adapter_sha256")) not in done]
 
 
 def resumed_rows(partial: Path, protocol: Protocol, labels: dict[Path, str]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from evals.metrics import fmt_ci, mean_ci
 from evals.tasks import get_task
+from harnesses.self_consistency import vote_samples
 from scaffold.trace import Trace, read_jsonl
 from scaffold.types import TaskContract
 
@@ -49,7 +50,7 @@ def paired_difference(scores_a: list[float], scores_b: list[float]
 def vote_curve(task: TaskContract, traces: dict[str, Trace], ids: list[str],
                examples: dict) -> list[float]:
     """Score of the majority answer over each item's first k samples, k = 1..n."""
-    samples = {i: [c.completion for c in traces[i].calls] for i in ids}
+    samples = {i: [c.completion for c in vote_samples(traces[i])] for i in ids}
     n = min(len(s) for s in samples.values())
     curve = []
     for k in range(1, n + 1):
@@ -95,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A - B, paired: {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]; "
           f"right in A only {sum(x > y for x, y in zip(sa, sb, strict=True))}, "
           f"in B only {sum(y > x for x, y in zip(sa, sb, strict=True))}")
-    calls = [len(a[i].calls) for i in ids]
-    steps = {c.step for i in ids for c in a[i].calls}
+    calls = [len(vote_samples(a[i])) for i in ids]
+    steps = {c.step for i in ids for c in vote_samples(a[i])}
     if min(calls) > 1 and len(steps) == 1:  # n samples of one prompt
         curve = vote_curve(task, a, ids, examples)
-        singles = [task.grade(c.completion, examples[i]) for i in ids for c in a[i].calls]
-        anyone = [max(task.grade(c.completion, examples[i]) for c in a[i].calls) for i in ids]
+        singles = [task.grade(c.completion, examples[i]) for i in ids
+                   for c in vote_samples(a[i])]
+        anyone = [max(task.grade(c.completion, examples[i]) for c in vote_samples(a[i]))
+                  for i in ids]
         print("A's vote over its first k samples: "
               + ", ".join(f"k={k} {s:.3f}" for k, s in enumerate(curve, 1)))
         print(f"A's single sample {sum(singles) / len(singles):.3f}; "

@@ -102,7 +102,14 @@ class Trace:
     wall_s: float = 0.0
 
     def final_call(self) -> LMCall | None:
-        return self.calls[-1] if self.calls else None
+        """The call whose completion the program returned (the last such), else the last
+        call: a harness whose calls run in parallel (self_consistency's samples, its greedy
+        check) may log the winner before others."""
+        if not self.calls:
+            return None
+        chosen = self.outputs.get("completion") if isinstance(self.outputs, dict) else None
+        return next((c for c in reversed(self.calls) if chosen and c.completion == chosen),
+                    self.calls[-1])
 
     def step_names(self) -> list[str]:
         return [c.step for c in self.calls]

@@ -59,9 +59,10 @@ class ScriptedEngine:
 class ScriptedLM(dspy.LM):
     """A dspy LM whose completion is `respond(messages)`, through `ScriptedEngine`."""
 
-    def __init__(self, respond: Callable[..., str], sees_settings: bool = False):
+    def __init__(self, respond: Callable[..., str], sees_settings: bool = False,
+                 temperature: float = 0.0):
         self.scripted = ScriptedEngine(respond, sees_settings)
-        super().__init__("scripted", engine=self.scripted, cache=False, temperature=0.0,
+        super().__init__("scripted", engine=self.scripted, cache=False, temperature=temperature,
                          max_tokens=64)
 
     def __call__(self, *args, **kwargs):

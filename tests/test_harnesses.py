@@ -47,10 +47,10 @@ def ex(question, answer="card_arrival", id_="t/1"):
     return Example(id=id_, question=question, answer=answer)
 
 
-def run(program, example, respond, sees_settings=False):
+def run(program, example, respond, sees_settings=False, temperature=0.0):
     from scaffold.trace import TraceCollector
 
-    lm = ScriptedLM(respond, sees_settings)
+    lm = ScriptedLM(respond, sees_settings, temperature)
     with dspy.context(lm=lm, adapter=__import__("scaffold.adapter").adapter.PlainChatAdapter()):
         with TraceCollector().trace(example.id, program, {"question": example.question}) as tr:
             pred = program(example=example)
@@ -269,7 +269,9 @@ def test_self_consistency_teaches_with_the_winning_sample(tmp_path, monkeypatch)
     student = task.student_messages(example)
     chosen = from_trace(tr, student, teacher_call=program.teacher_call)
     assert "count up" in str(chosen.messages) and "guess" not in str(chosen.messages)
-    assert from_trace(tr, student).messages == tr.calls[-1].messages  # default: the last call
+    # default: the final call, the last one whose completion the program returned
+    assert tr.final_call().completion == pred.completion
+    assert "count up" in str(from_trace(tr, student).messages)
     replay = from_trace(tr, student, "transcript", teacher_call=program.teacher_call)
     assert replay.messages[-1] == chosen.messages[-1]
 
@@ -661,8 +663,10 @@ def test_self_consistency_marks_a_vote_equal_to_the_greedy_answer_as_no_signal(
 
         program = build_harness("self_consistency", task, n=4, solver="none", min_votes=3,
                                 skip_when_greedy_agrees=True)
-        pred, tr, lm = run(program, example, respond, sees_settings=True)
+        # a harness given a sampling lm still asks for the greedy answer at temperature 0
+        pred, tr, lm = run(program, example, respond, sees_settings=True, temperature=1.0)
         tr.outputs = {"answer": pred.answer, "completion": pred.completion}
+        assert tr.final_call().completion == pred.completion  # the winner, not the last call
         assert pred.answer == "5" and pred.votes == {"5": 3, "7": 1}
         assert sorted(k["temperature"] for k in lm.request_kwargs) == [0.0, 0.7, 0.7, 0.7, 0.7]
         assert sorted(tr.step_names()) == ["greedy.answer"] + ["solver.answer"] * 4
@@ -675,6 +679,18 @@ def test_self_consistency_marks_a_vote_equal_to_the_greedy_answer_as_no_signal(
     plain = build_harness("self_consistency", task, n=2, solver="none")
     _, tr, lm = run(plain, example, lambda m: "So \\boxed{5}.")
     assert len(lm.requests) == 2 and not tr.fallbacks  # off by default: no greedy call
+
+    def greedy_fails(messages, settings):
+        if settings.get("temperature") == 0.0:
+            raise RuntimeError("context too long")
+        return "So \\boxed{5}."
+
+    checked = build_harness("self_consistency", task, n=2, solver="none",
+                            skip_when_greedy_agrees=True)
+    pred, tr, _ = run(checked, example, greedy_fails, sees_settings=True, temperature=0.7)
+    tr.outputs = {"answer": pred.answer, "completion": pred.completion}
+    assert pred.answer == "5" and [f["kind"] for f in tr.fallbacks] == ["greedy_failed"]
+    assert not from_trace(tr, student, teacher_call=checked.teacher_call).fallback  # teaches
 
 
 def test_self_consistency_marks_a_vote_under_min_votes_as_no_signal(tmp_path, monkeypatch):

@@ -287,6 +287,20 @@ def test_an_interrupted_compare_resumes_without_measuring_a_row_again(data, monk
     assert ["reused_from" in r for r in record["rows"]] == [True, True, False, False]
     assert not (data / "out2" / PARTIAL).exists()
 
+    # Interrupted after the trained run's bare row, which then trains on: run again, the row
+    # is measured again on the new weights and the old one is not carried past the end.
+    crash_at[0] = len(calls) + 4
+    with pytest.raises(KeyboardInterrupt):
+        compare([*argv[:-2], "--out", "out3"])
+    assert [r["model"] for r in json.loads((data / "out3" / PARTIAL).read_text())["rows"]] \
+        == ["base", "base", "r"]
+    (run / "final_adapter" / "adapter_model.safetensors").write_bytes(b"trained on")
+    crash_at[0] = 0
+    before = len(calls)
+    compare([*argv[:-2], "--out", "out3"])
+    assert calls[before:] == [("r", "none"), ("r", "self_consistency")]
+    assert not (data / "out3" / PARTIAL).exists()
+
     (data / "out2" / PARTIAL).write_text("{not json")
     with pytest.raises(SystemExit, match=f"{PARTIAL}: cannot read this checkpoint"):
         compare([*argv[:-2], "--out", "out2"])
