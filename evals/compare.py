@@ -431,10 +431,11 @@ def main(argv: list[str] | None = None) -> dict:
                    "final evaluation (RUN/eval.json) or evals.run's results.json (a folder "
                    "holding one will do); the first file given wins. Adding one run to a "
                    "report evaluates only that run; nothing left to evaluate starts no server")
-    p.add_argument("--reattach", nargs="+", default=None, metavar="SUBJECT",
+    p.add_argument("--reattach", nargs="*", default=None, metavar="SUBJECT",
                    help="evaluate --program only on these: 'base' and folders given in --runs "
-                   "(default: all). The others get their bare row only; on GSM8K at 200 items "
-                   "the self-consistency harness costs about 50 minutes a model here")
+                   "(default: all; the flag alone: none, bare rows only, as for a trained "
+                   "model on a second dataset). The others get their bare row only; on GSM8K "
+                   "at 200 items the self-consistency harness costs about 50 minutes a model here")
     args = p.parse_args(argv)
     reattach = None if args.reattach is None else \
         {a if a == "base" else str(Path(a).resolve()) for a in args.reattach}

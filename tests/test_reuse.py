@@ -201,6 +201,18 @@ def test_a_compare_made_of_earlier_rows_starts_no_server(data, monkeypatch):
     assert f"--harness '{json.dumps(SC)}'" in saved["command"]
 
 
+def test_reattach_alone_compares_the_bare_rows_only(data, monkeypatch):
+    monkeypatch.setattr("evals.compare.policy_endpoint", no_server)
+    run = trained_run(data / "runs" / "r")
+    results = evals_run_results(data / "runs" / "sc")
+    record = compare(["--task", TASK, "--model", "m", "--limit", "5", "--program",
+                      "self_consistency", "--harness", json.dumps(SC), "--runs", str(run),
+                      "--reuse", str(results), str(run / "eval.json"), "--reattach",
+                      "--out", "out"])
+    # no harness row is evaluated or reported, though base + harness was there to reuse
+    assert [(r["model"], r["program"]) for r in record["rows"]] == [("base", "none"), ("r", "none")]
+
+
 def test_reattach_names_a_subject_that_is_not_compared(data, monkeypatch, capsys):
     monkeypatch.setattr("evals.compare.policy_endpoint", no_server)
     with pytest.raises(SystemExit) as e:
