@@ -465,7 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.labeled_per_class or args.labeled else None
     regime = split.regime if split else "all-labels"
     index = None
-    if any(map(needs_index, args.program)) or (label_task and not args.no_knn):
+    # `--reattach` alone runs no harness row: no precedent index to embed for it
+    if (any(reattached) and any(map(needs_index, args.program))) or \
+            (label_task and not args.no_knn):
         index = task_bank(task, examples=split.bank) if split else \
             task_bank(task, limit=args.bank_size)
     stem = args.name or task.name.replace("/", "_") + (f"-{regime}" if split else "")
