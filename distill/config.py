@@ -103,10 +103,17 @@ class RunConfig:
                               ("final_request", "transcript"))
     # Full-label BANKING77: the harness was right on 78% of its training questions, and
     # OPHSD taught its mistakes too (docs/notes/banking77-all-labels.md).
-    harness_filter: str = opt("none", "ophsd where every example is labelled: gold replaces "
-                              "the harness's teaching on the examples it gets wrong (their "
-                              "gold answer trains instead, counted in harness_filtered)",
-                              ("none", "gold"))
+    harness_filter: str = opt("none", "ophsd where every example is labelled: on the "
+                              "examples the harness gets wrong, gold: their gold answer trains "
+                              "instead; drop: nothing trains (both counted in "
+                              "harness_filtered)", ("none", "gold", "drop"))
+    # GSM8K's filtered vote spent 71 of 82 training minutes in the harness to keep 92
+    # problems (configs/gsm8k_vote_disagree.yaml): distill/replay.py trains on them again.
+    teacher_contexts: str | None = opt(None, "ophsd without running the harness: the teacher "
+                                       "contexts earlier runs trained on (their --out folders, "
+                                       "comma-separated; the first context of each example), "
+                                       "and only their examples; the student's rollouts are "
+                                       "drawn fresh each step")
     # self_consistency over the bare prompt samples the student's own prompt n times on the
     # served policy: 7 rollouts a problem at no cost, where drawing each one again would
     # cost as much as a harness sample (about 1.5 s of the server's time on GSM8K here).
@@ -338,11 +345,23 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     for name in ("labeled_per_class", "labeled"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if cfg.harness_filter == "gold" and (cfg.method != "ophsd" or cfg.labeled_per_class
+    if cfg.harness_filter != "none" and (cfg.method != "ophsd" or cfg.labeled_per_class
                                          or cfg.labeled):
-        p.error("--harness-filter gold checks the harness against gold answers: it needs "
-                "--method ophsd and every train example labelled (not --labeled-per-class "
-                "or --labeled, whose pool has no answers)")
+        p.error(f"--harness-filter {cfg.harness_filter} checks the harness against gold "
+                "answers: it needs --method ophsd and every train example labelled (not "
+                "--labeled-per-class or --labeled, whose pool has no answers)")
+    if cfg.teacher_contexts is not None:
+        if cfg.method != "ophsd" or cfg.on_policy_fraction < 1.0 or cfg.harness_rollouts:
+            p.error("--teacher-contexts scores fresh student rollouts under recorded teacher "
+                    "contexts: it needs --method ophsd with --on-policy-fraction 1 and no "
+                    "--harness-rollouts (no harness runs, so there is no harness answer path "
+                    "or harness sample)")
+        if cfg.harness_filter == "gold":
+            p.error("--teacher-contexts with --harness-filter gold: a recorded context has no "
+                    "harness run to replace; use --harness-filter drop to leave out the "
+                    "examples its harness got wrong")
+        if not [r for r in cfg.teacher_contexts.split(",") if r.strip()]:
+            p.error("--teacher-contexts: give at least one run folder")
     if cfg.harness_rollouts and (cfg.method not in ("ophsd", "sft") or cfg.rollouts != 1 or
                                  cfg.method == "ophsd" and cfg.on_policy_fraction < 1.0):
         p.error("--harness-rollouts trains on the harness's own samples of the student prompt: "

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.pairs import StepInputs
+from scaffold.trace import Trace
 from scaffold.types import TaskContract
 
 FORMATS = ("trl", "verl")
@@ -67,8 +68,15 @@ def record_rows(step: int, inputs: StepInputs, tokenizer: Any, task: TaskContrac
             "teacher_prompt_tokens": pair.teacher_prompt_len,
             "response_ids": list(pair.response_ids),
             "response": tokenizer.decode(pair.response_ids),
+            # what the harness answered (distill/replay.py grades it under --harness-filter)
+            "harness_completion": _final_completion(source.trace),
         })
     return rows
+
+
+def _final_completion(trace: Trace | None) -> str | None:
+    final = trace.final_call() if trace is not None and not trace.error else None
+    return final.completion if final is not None else None
 
 
 def _text(messages: list[dict] | None) -> str:

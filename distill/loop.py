@@ -17,8 +17,10 @@ from typing import Any
 
 from distill.methods import Collected, add_gold, get_method, sample_seed
 from distill.pairs import StepInputs, line_end_ids
+from distill.replay import RecordedContexts
 from scaffold.chat import render_ids
 from scaffold.client import Completion
+from scaffold.errors import ScaffoldError
 from scaffold.executor import run_program
 from scaffold.types import Example, Item, is_labelled
 
@@ -59,7 +61,11 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
     with ThreadPoolExecutor(max_workers=1) as side:
         pending = side.submit(_seeded_many, ctx, student_ids, step, to_sample) \
             if any(to_sample) else None
-        if method.runs_harness and examples:
+        recorded = getattr(ctx, "contexts", None)  # --teacher-contexts: no harness runs
+        if recorded is not None:
+            for item in items:
+                use_recorded(recorded, item, out)
+        elif method.runs_harness and examples:
             results = run_program(ctx.harness, examples, lm=ctx.policy_lm(temperature=0.0),
                                   concurrency=max(cfg.concurrency, len(examples)),
                                   progress=False)
@@ -99,6 +105,21 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
         score_teacher_on_server(ctx, out)
         out.times["teacher_score_s"] = time.perf_counter() - t0
     return out
+
+
+def use_recorded(contexts: RecordedContexts, item: Collected, out: StepInputs) -> None:
+    """Give `item` the teacher context an earlier run recorded for it. The student prompt must
+    be the one that run trained (a changed task prompt would pair this student with a
+    teacher that read another question form)."""
+    rec = contexts.by_id[item.example.id]
+    if rec.student_messages != item.student_messages:
+        raise ScaffoldError(f"--teacher-contexts: {rec.origin} recorded {item.example.id} with "
+                            "another student prompt than this task renders now: record the "
+                            "contexts again with this version")
+    item.recorded_teacher = rec.teacher_messages
+    item.harness_answer = rec.harness_answer
+    out.counts["contexts_recorded"] += 1
+    out.counts["harness_correct"] += rec.harness_right
 
 
 def harness_rollouts(harness: Any, item: Collected, out: StepInputs,

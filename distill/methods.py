@@ -39,6 +39,8 @@ class Collected:
     on_policy: bool  # trains on the student's rollouts (ophsd decides per example)
     trace: Trace | None = None  # the harness's run on it (methods that run the harness)
     harness_answer: str | None = None  # the task's parse of the harness's answer
+    # --teacher-contexts: the teacher's messages an earlier run recorded (no harness ran)
+    recorded_teacher: list[dict] | None = None
     rollouts: list[Any] = field(default_factory=list)  # the student's samples
 
 
@@ -90,11 +92,18 @@ class OPHSD(Method):
         return cfg.on_policy_fraction < 1.0
 
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
-        if ctx.cfg.harness_filter == "gold" and not harness_right(ctx, item):
+        if item.recorded_teacher is not None:  # filtered when read (distill/replay.py)
+            _distill(ctx, out, item, teacher_ctx.recorded(item.recorded_teacher,
+                                                          item.student_messages),
+                     harness_path=False)
+            return
+        if ctx.cfg.harness_filter != "none" and not harness_right(ctx, item):
             out.counts["harness_filtered"] += 1
-            add_target(ctx, out, item.student_ids,
-                       gold_target_ids(ctx.tokenizer, ctx.task, item.example),
-                       PairSource("gold", item.example.id, student_messages=item.student_messages))
+            if ctx.cfg.harness_filter == "gold":
+                add_target(ctx, out, item.student_ids,
+                           gold_target_ids(ctx.tokenizer, ctx.task, item.example),
+                           PairSource("gold", item.example.id,
+                                      student_messages=item.student_messages))
             return
         tc = teacher_ctx.from_trace(item.trace, item.student_messages, ctx.cfg.teacher_policy,
                                     getattr(ctx.harness, "teacher_call", None))

@@ -49,7 +49,7 @@ class StepInputs:
         "harness_paths": 0, "harness_paths_skipped": 0, "off_answer_space": 0,
         "answer_space_cut_tokens": 0, "unlabelled": 0, "student_agrees_harness": 0,
         "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0,
-        "harness_filtered": 0, "harness_rollouts_skipped": 0})
+        "harness_filtered": 0, "harness_rollouts_skipped": 0, "contexts_recorded": 0})
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],

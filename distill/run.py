@@ -65,6 +65,7 @@ from distill.guard import CollapseGuard, healthy_checkpoint
 from distill.loop import collect
 from distill.losses import LossConfig
 from distill.methods import get_method
+from distill.replay import RecordedContexts, read_contexts
 from distill.trainer import DistillTrainer, TrainerConfig
 from evals.bank import task_bank
 from evals.metrics import held_out
@@ -102,6 +103,7 @@ class Run:
     model_path: str
     answer_space: AnswerSpace | None = None  # the teacher's support (closed-set tasks)
     teacher_scorer: str = "trainer"  # "vllm": the server scores the teacher (config.py)
+    contexts: RecordedContexts | None = None  # --teacher-contexts: replaces the harness
 
     def policy_lm(self, **kw: Any) -> Any:
         return self.client.dspy_lm(self.policy_name, max_tokens=self.max_new_tokens, **kw)
@@ -417,6 +419,15 @@ def main(cfg: RunConfig) -> dict:
     model_path = resolve(cfg.model)
     task = get_task(cfg.task, data_root=cfg.data_root)
     bank, train_set = training_data(cfg, task)
+    contexts = None
+    if cfg.teacher_contexts is not None:
+        contexts = read_contexts([r.strip() for r in cfg.teacher_contexts.split(",") if r.strip()],
+                                 task, train_set, drop_wrong=cfg.harness_filter == "drop")
+        train_set = [ex for ex in train_set if ex.id in contexts.by_id]
+        c = contexts.counts
+        print(f"--teacher-contexts: {len(train_set)} examples to train on, from {c['rows']} "
+              f"recorded rows ({c['duplicates']} repeats, {c['dropped_wrong']} dropped as "
+              f"wrong by --harness-filter drop, {c['unknown_example']} not in the train split)")
     if cfg.eval_limit > 0:  # a broken test file is found now, not after training
         task.load("test")
     labelled_regime = bool(cfg.labeled_per_class or cfg.labeled)
@@ -436,7 +447,7 @@ def main(cfg: RunConfig) -> dict:
             print_eval(done, f"{task.name}: no harness, {done[0].n} held-out items (eval.json)")
         return {"run_dir": str(run_dir.path), "eval": [r.row() for r in done]}
     harness = None  # only ophsd (teacher contexts) and sft (targets) run the harness
-    if get_method(cfg.method).runs_harness:
+    if get_method(cfg.method).runs_harness and contexts is None:
         index = None
         if needs_index(cfg.program):  # the labelled bank, or a seeded share of the train split
             index = task_bank(task, examples=bank) if labelled_regime else \
@@ -481,7 +492,7 @@ def main(cfg: RunConfig) -> dict:
         client = PolicyClient(server.base_url, server.model_name)
         run = Run(cfg, task, tokenizer, harness, client, server, server.model_name,
                   cfg.max_new_tokens or MAX_TOKENS[task.kind], sync_mode, run_dir, model_path,
-                  space, scorer)
+                  space, scorer, contexts)
         client.check_render(tokenizer, task.student_messages(train_set[0]))  # exact-token contract
         stopped = train(run, trainer, run_dir, train_set,
                         bank if cfg.gold_batch_size or cfg.gold_warmup_steps else (), writer)

@@ -80,6 +80,18 @@ def from_trace(trace: Trace, student: Messages, policy: str = "final_request",
     return TeacherContext(messages, False)
 
 
+def recorded(teacher: Messages, student: Messages) -> TeacherContext:
+    """A teacher context an earlier run trained on (`--teacher-contexts`), checked against
+    the answer contract like a fresh one."""
+    if not _same_ending(student, teacher):
+        raise ValueError(
+            "answer contract broken: the recorded teacher context ends with "
+            f"{teacher[-1]!r} but the student prompt ends with {student[-1]!r}")
+    if teacher == student:
+        return TeacherContext(teacher, True, "teacher context equals the student's")
+    return TeacherContext([dict(m) for m in teacher], False)
+
+
 def with_reference(task: TaskContract, example: Any) -> TeacherContext:
     """`opsd`: the student's prompt with the verified reference inserted before the answer."""
     return _with_note(task.student_messages(example), "A verified reference answer (use it, do "

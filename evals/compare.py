@@ -128,31 +128,50 @@ def adapter_origin(adapter: str | Path) -> tuple[Path, int | None] | None:
     return None
 
 
-def run_compute(run_dir: Path, up_to: int | None = None) -> dict:
+def run_compute(run_dir: Path, up_to: int | None = None,
+                _seen: set[Path] | None = None) -> dict:
     """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples
-    (distilled and gold), rollouts, student tokens trained on, and wall-clock time of the
-    training loop; plus what the run it started from spent up to that adapter
-    (--init-adapter RUN/final_adapter: all of it; RUN/checkpoints/step_N/adapter: through
-    step N), so a two-stage recipe reports its whole cost."""
+    trained on (distilled and gold; a skipped fallback or a filtered example is not),
+    rollouts, student tokens trained on, and wall-clock time of the training loop; plus what
+    the runs it builds on spent: the run it started from, up to that adapter (--init-adapter
+    RUN/final_adapter: all of it; RUN/checkpoints/step_N/adapter: through step N), and the
+    runs whose teacher contexts it trained on (--teacher-contexts: all of each, their
+    harness time included), each counted once, so a staged recipe reports its whole cost."""
+    seen = set() if _seen is None else _seen
+    seen.add(run_dir.resolve())
     rows = [r for r in read_metrics(run_dir) if up_to is None or r.get("step", 0) <= up_to]
     compute = {
         "steps": len(rows),
-        "examples": sum(r.get("examples", 0) + r.get("gold_targets", 0) for r in rows),
+        "examples": sum(r.get("examples", 0) - r.get("skipped_fallback", 0)
+                        - r.get("harness_filtered", 0) - r.get("skipped_too_long", 0)
+                        + r.get("gold_targets", 0) for r in rows),
         "rollouts": sum(r.get("rollouts", 0) for r in rows),
         "student_tokens": sum(r.get("tokens", 0) for r in rows),
         "train_wall_s": round(sum(r.get("step_s", 0.0) for r in rows), 1),
     }
     try:
-        init = json.loads((run_dir / "config.json").read_text()).get("init_adapter")
+        config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
-        init = None
-    origin = adapter_origin(init) if init else None
-    if origin is not None and origin[0].resolve() != run_dir.resolve():
-        parent, step = origin
-        before = run_compute(parent, up_to=step)
-        compute = {k: round(compute[k] + before[k], 1) if isinstance(compute[k], float)
-                   else compute[k] + before[k] for k in compute}
-        compute["init_from"] = str(parent) + ("" if step is None else f"@{step}")
+        config = {}
+    builds_on: list[tuple[Path, int | None]] = []
+    origin = adapter_origin(config["init_adapter"]) if config.get("init_adapter") else None
+    if origin is not None:
+        builds_on.append(origin)
+    builds_on += [(Path(r.strip()), None)
+                  for r in (config.get("teacher_contexts") or "").split(",") if r.strip()]
+    counted = []
+    for parent, step in builds_on:
+        if parent.resolve() in seen or not (parent / "config.json").is_file():
+            continue
+        before = run_compute(parent, up_to=step, _seen=seen)
+        for k in ("steps", "examples", "rollouts", "student_tokens", "train_wall_s"):
+            compute[k] = round(compute[k] + before[k], 1) if isinstance(compute[k], float) \
+                else compute[k] + before[k]
+        counted.append(str(parent) + ("" if step is None else f"@{step}"))
+    if counted:
+        compute["builds_on"] = counted
+        if origin is not None and counted[0].startswith(str(origin[0])):
+            compute["init_from"] = counted[0]
     return compute
 
 

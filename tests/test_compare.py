@@ -217,6 +217,27 @@ def test_a_run_started_from_another_runs_adapter_reports_both_costs(tmp_path):
     assert compute["init_from"] == f"{sft}@1"
 
 
+def test_a_run_on_recorded_contexts_reports_the_recording_runs_once(tmp_path):
+    """--teacher-contexts of two stages, the second started from the first: the replay's
+    cost includes both (the harness ran in them), the first counted once; an example
+    skipped as a fallback or filtered out is not a trained example."""
+    stage1 = make_run(tmp_path / "s1", 0, [1.0, 0.9])
+    stage2 = make_run(tmp_path / "s2", 1, [0.8])
+    (stage2 / "config.json").write_text(json.dumps(
+        {"method": "ophsd", "init_adapter": str(stage1 / "final_adapter")}))
+    with open(stage1 / "metrics.jsonl", "a") as f:  # after the torn line: a new step
+        f.write("\n" + json.dumps({"step": 3, "examples": 40, "skipped_fallback": 30,
+                                   "harness_filtered": 2, "step_s": 10.0}) + "\n")
+    replay = make_run(tmp_path / "replay", 0, [0.5])
+    (replay / "config.json").write_text(json.dumps(
+        {"method": "ophsd", "teacher_contexts": f"{stage1}, {stage2}"}))
+    compute = run_compute(replay)
+    assert compute["steps"] == 1 + 3 + 1 and compute["examples"] == 4 + (4 + 4 + 8) + 4
+    assert compute["train_wall_s"] == pytest.approx(1.5 + 13.0 + 1.5)
+    assert compute["builds_on"] == [str(stage1), str(stage2)] and "init_from" not in compute
+    assert run_compute(stage2)["init_from"] == str(stage1)
+
+
 def test_adapter_origin_reads_the_run_layout(tmp_path):
     from evals.compare import adapter_origin
 

@@ -1,0 +1,118 @@
+"""Teacher contexts an earlier run recorded, trained on again (`--teacher-contexts RUN,...`).
+
+A harness can cost most of a step: GSM8K's filtered vote (9 chains a problem, 40 screened
+a step) spent 71 of a run's 82 minutes in the harness to keep 92 problems. Its teacher
+contexts are in the run's trained.jsonl, so a later run can train more epochs on them,
+with fresh on-policy rollouts of the student every time, and run no harness at all.
+
+What a recorded context is not: the harness's view of the *current* policy. The contexts
+were found by the policy of the run that recorded them; with `--teacher frozen` (the base
+scores every context) nothing else about the teacher changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from distill.checkpoint import NotARunFolder, read_run, read_trained
+from distill.export import privileged_context
+from scaffold.chat import Messages
+from scaffold.errors import ScaffoldError
+from scaffold.types import Item, TaskContract, is_labelled
+
+FLAG = "--teacher-contexts"
+
+
+@dataclass(frozen=True)
+class RecordedContext:
+    """One example's teacher context as a run trained on it."""
+
+    example_id: str
+    student_messages: Messages
+    teacher_messages: Messages
+    harness_answer: str | None  # the task's parse of the harness's answer (None: none)
+    harness_right: bool  # that answer grades right against the example's gold (False: no gold)
+    origin: str  # "RUN/trained.jsonl step N" (for messages)
+
+
+@dataclass
+class RecordedContexts:
+    """The contexts to train on, one per example, and what was left out (every row counted)."""
+
+    by_id: dict[str, RecordedContext] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "rows": 0, "duplicates": 0, "dropped_wrong": 0, "unknown_example": 0})
+
+
+def harness_text_of(row: dict) -> str:
+    """The harness's final answer behind a trained row (`harness_completion`, recorded since
+    2026-12-05); in an older row, the text its teacher saw beyond the student's
+    (self_consistency's note and shown solution), whose last stated answer is the vote's."""
+    if row.get("harness_completion") is not None:
+        return row["harness_completion"]
+    return privileged_context(row["student_messages"], row["teacher_messages"])
+
+
+def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item],
+                  drop_wrong: bool = False) -> RecordedContexts:
+    """The first recorded teacher context of each training example in `runs` (run folders,
+    read in order), from the rows that scored the student's rollouts under a harness's
+    context (kind "rollout"). `drop_wrong` (`--harness-filter drop`) leaves out an example
+    whose harness answer grades wrong against its gold answer in `train` (the config allows
+    it only where every example is labelled).
+
+    Raises ScaffoldError naming the flag and the folder: not a run, no trained pairs, another
+    task, no harness context at all."""
+    out = RecordedContexts()
+    train_by_id = {ex.id: ex for ex in train}
+    dropped: set[str] = set()
+    for run in runs:
+        try:
+            record = read_run(run)
+        except NotARunFolder as e:
+            raise ScaffoldError(f"{FLAG}: {e}") from None
+        try:
+            rows = read_trained(record)
+        except ValueError as e:
+            raise ScaffoldError(f"{FLAG}: {e}") from None
+        if not rows:
+            raise ScaffoldError(f"{FLAG}: {run} recorded no trained pairs (no trained.jsonl): "
+                                "pass the --out folder of an ophsd run")
+        tasks = {r.get("task") for r in rows}
+        if tasks != {task.name}:
+            raise ScaffoldError(f"{FLAG}: {run} trained on {', '.join(sorted(map(str, tasks)))}, "
+                                f"not {task.name}: pass a run of the same --task")
+        found = 0
+        for row in rows:
+            if row.get("kind") != "rollout" or not row.get("teacher_messages"):
+                continue
+            found += 1
+            out.counts["rows"] += 1
+            ex_id = row["example_id"]
+            if ex_id in out.by_id or ex_id in dropped:
+                out.counts["duplicates"] += 1  # more rollouts of it, or a later run's
+                continue
+            if ex_id not in train_by_id:
+                out.counts["unknown_example"] += 1
+                continue
+            text = harness_text_of(row)
+            # a pool question (label-scarce) has no answer to grade against: never read one
+            right = is_labelled(train_by_id[ex_id]) and \
+                task.grade(text, train_by_id[ex_id]) >= 1.0
+            if drop_wrong and not right:
+                out.counts["dropped_wrong"] += 1
+                dropped.add(ex_id)
+                continue
+            out.by_id[ex_id] = RecordedContext(
+                ex_id, row["student_messages"], row["teacher_messages"], task.parse(text), right,
+                f"{run}/trained.jsonl step {row.get('step')}")
+        if not found:
+            raise ScaffoldError(f"{FLAG}: {run} trained no rollout under a harness's teacher "
+                                "context (kind 'rollout'): pass the --out folder of an ophsd "
+                                "run")
+    if not out.by_id:
+        raise ScaffoldError(f"{FLAG}: no context is left to train on "
+                            f"({out.counts['dropped_wrong']} dropped as wrong, "
+                            f"{out.counts['unknown_example']} not in the train split)")
+    return out
