@@ -56,6 +56,8 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 FINAL_ADAPTER_DIR = "final_adapter"  # the run's last adapter, beside checkpoints/
 GUARD_STOP_FILE = "guard_stop.json"  # why and where the collapse guard ended the run
+# --teacher-contexts: the contexts the run chose at its first start (a resume reads these)
+CONTEXTS_FILE = "teacher_contexts.json"
 STATE_FILE = "state.pt"
 RANKS_FILE = "ranks.pt"  # torchrun: every rank's RNG states (and optimizer shard under fsdp)
 # Config keys a resumed run may change without changing what has been computed so far.
@@ -336,6 +338,19 @@ class RunDir:
         """The collapse guard ended the run (distill/guard.py): the alarm, and the checkpoint
         ("healthy_step", "healthy_path") whose adapter the run ends with."""
         _atomic_write_text(self.path / GUARD_STOP_FILE, json.dumps(record, indent=2) + "\n")
+
+    def record_contexts(self, record: dict) -> None:
+        """The recorded teacher contexts this run trains on (distill/replay.py), written once
+        at its first start: a resume trains on the same ones whatever the recording runs'
+        files hold by then."""
+        _atomic_write_text(self.path / CONTEXTS_FILE, json.dumps(record) + "\n")
+
+    def recorded_contexts(self) -> dict | None:
+        """What `record_contexts` wrote; None before the first start wrote it."""
+        try:
+            return json.loads((self.path / CONTEXTS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
 
     def guard_stop(self) -> dict | None:
         """The guard's stop record, with "healthy_adapter" resolved inside the folder; None

@@ -320,6 +320,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         except ConfigError as e:
             p.error(str(e))
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    if isinstance(values.get("teacher_contexts"), list):  # a YAML list of run folders
+        values["teacher_contexts"] = ",".join(map(str, values["teacher_contexts"]))
     cfg = RunConfig(**values)
     try:
         load_program(cfg.program)

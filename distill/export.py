@@ -69,7 +69,7 @@ def record_rows(step: int, inputs: StepInputs, tokenizer: Any, task: TaskContrac
             "response_ids": list(pair.response_ids),
             "response": tokenizer.decode(pair.response_ids),
             # what the harness answered (distill/replay.py grades it under --harness-filter)
-            "harness_completion": _final_completion(source.trace),
+            "harness_completion": source.harness_completion or _final_completion(source.trace),
         })
     return rows
 

@@ -99,6 +99,9 @@ def collect(ctx: Any, step: int, examples: list[Item], gold: Sequence[Example] =
         if add_gold(ctx, out, ex):
             out.counts["gold_targets"] += 1
 
+    # what evals.compare reports as the examples a run trained on
+    out.counts["trained_examples"] = len({s.example_id for s in out.sources})
+
     # 4. the teacher's distributions, scored by the server that just ran the harness
     if getattr(ctx, "teacher_scorer", "trainer") == "vllm":
         t0 = time.perf_counter()
@@ -116,7 +119,7 @@ def use_recorded(contexts: RecordedContexts, item: Collected, out: StepInputs) -
         raise ScaffoldError(f"--teacher-contexts: {rec.origin} recorded {item.example.id} with "
                             "another student prompt than this task renders now: record the "
                             "contexts again with this version")
-    item.recorded_teacher = rec.teacher_messages
+    item.recorded = rec
     item.harness_answer = rec.harness_answer
     out.counts["contexts_recorded"] += 1
     out.counts["harness_correct"] += rec.harness_right

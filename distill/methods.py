@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from distill import teacher as teacher_ctx
 from distill.answer_space import AnswerSpace
 from distill.pairs import PairSource, StepInputs, answer_ids, first_line, gold_target_ids
+from distill.replay import RecordedContext
 from scaffold.chat import render_ids
 from scaffold.client import Completion
 from scaffold.trace import Trace
@@ -39,8 +40,8 @@ class Collected:
     on_policy: bool  # trains on the student's rollouts (ophsd decides per example)
     trace: Trace | None = None  # the harness's run on it (methods that run the harness)
     harness_answer: str | None = None  # the task's parse of the harness's answer
-    # --teacher-contexts: the teacher's messages an earlier run recorded (no harness ran)
-    recorded_teacher: list[dict] | None = None
+    # --teacher-contexts: the teacher context an earlier run recorded (no harness ran)
+    recorded: RecordedContext | None = None
     rollouts: list[Any] = field(default_factory=list)  # the student's samples
 
 
@@ -92,8 +93,8 @@ class OPHSD(Method):
         return cfg.on_policy_fraction < 1.0
 
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
-        if item.recorded_teacher is not None:  # filtered when read (distill/replay.py)
-            _distill(ctx, out, item, teacher_ctx.recorded(item.recorded_teacher,
+        if item.recorded is not None:  # filtered when read (distill/replay.py)
+            _distill(ctx, out, item, teacher_ctx.recorded(item.recorded.teacher_messages,
                                                           item.student_messages),
                      harness_path=False)
             return
@@ -224,7 +225,8 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
         out.counts["skipped_fallback"] += 1
         return
     teacher_ids = render_ids(tok, tc.messages)
-    source = PairSource("rollout", ex.id, tc.messages, item.trace, item.student_messages)
+    source = PairSource("rollout", ex.id, tc.messages, item.trace, item.student_messages,
+                        item.recorded.harness_text if item.recorded else None)
     for comp in item.rollouts:
         parsed = count_rollout(out, task, comp)
         out.counts["student_agrees_harness"] += parsed is not None and \

@@ -28,6 +28,8 @@ class PairSource:
     teacher_messages: list[dict] | None = None  # None: a supervised pair (no teacher)
     trace: Trace | None = None  # the harness run behind its teacher context, if any
     student_messages: list[dict] | None = None  # the bare prompt its student ids render
+    # the harness's final answer where no trace holds it (a recorded context, distill/replay)
+    harness_completion: str | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ scores every context) nothing else about the teacher changes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from distill.checkpoint import NotARunFolder, read_run, read_trained
 from distill.export import privileged_context
@@ -31,8 +31,9 @@ class RecordedContext:
     example_id: str
     student_messages: Messages
     teacher_messages: Messages
-    harness_answer: str | None  # the task's parse of the harness's answer (None: none)
-    harness_right: bool  # that answer grades right against the example's gold (False: no gold)
+    harness_text: str | None  # the harness's final answer (None: not recorded, not derivable)
+    harness_answer: str | None  # the task's parse of it (None: none)
+    harness_right: bool  # it grades right against the example's gold (False: no gold)
     origin: str  # "RUN/trained.jsonl step N" (for messages)
 
 
@@ -42,28 +43,46 @@ class RecordedContexts:
 
     by_id: dict[str, RecordedContext] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {
-        "rows": 0, "duplicates": 0, "dropped_wrong": 0, "unknown_example": 0})
+        "rows": 0, "duplicates": 0, "no_signal": 0, "dropped_wrong": 0, "unknown_example": 0})
+
+    def to_record(self) -> dict:
+        """What the run folder keeps (RunDir.record_contexts), so that a resume trains on
+        these same contexts."""
+        return {"counts": self.counts, "contexts": [asdict(c) for c in self.by_id.values()]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> RecordedContexts:
+        return cls({c["example_id"]: RecordedContext(**c) for c in record["contexts"]},
+                   dict(record["counts"]))
 
 
-def harness_text_of(row: dict) -> str:
+def harness_text_of(row: dict, config: dict) -> str | None:
     """The harness's final answer behind a trained row (`harness_completion`, recorded since
-    2026-12-05); in an older row, the text its teacher saw beyond the student's
-    (self_consistency's note and shown solution), whose last stated answer is the vote's."""
+    2026-12-05). In an older row of self_consistency showing the whole solution, the text its
+    teacher saw beyond the student's: the note and the shown solution, whose last stated
+    answer is the vote's. Otherwise None (another harness's extra text is precedents or a
+    plan, and `teacher_sees: working` cut the answer out)."""
     if row.get("harness_completion") is not None:
         return row["harness_completion"]
-    return privileged_context(row["student_messages"], row["teacher_messages"])
+    harness = config.get("harness") or {}
+    if config.get("program") == "self_consistency" and \
+            harness.get("teacher_sees", "solution") == "solution":
+        return privileged_context(row["student_messages"], row["teacher_messages"])
+    return None
 
 
 def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item],
                   drop_wrong: bool = False) -> RecordedContexts:
-    """The first recorded teacher context of each training example in `runs` (run folders,
-    read in order), from the rows that scored the student's rollouts under a harness's
-    context (kind "rollout"). `drop_wrong` (`--harness-filter drop`) leaves out an example
-    whose harness answer grades wrong against its gold answer in `train` (the config allows
-    it only where every example is labelled).
+    """The first recorded teacher context of each training example in `runs` (the --out
+    folders of ophsd runs, read in order), from the rows that scored the student's rollouts
+    under a harness's context (kind "rollout") with full weight (a no-signal fallback
+    trained under --fallback-weight is left out, counted). `drop_wrong`
+    (`--harness-filter drop`) leaves out an example whose harness answer grades wrong
+    against its gold answer in `train` (the config allows it only where every example is
+    labelled).
 
-    Raises ScaffoldError naming the flag and the folder: not a run, no trained pairs, another
-    task, no harness context at all."""
+    Raises ScaffoldError naming the flag and the folder: not an ophsd run, no trained pairs,
+    another task, no harness context at all, a harness answer that cannot be graded."""
     out = RecordedContexts()
     train_by_id = {ex.id: ex for ex in train}
     dropped: set[str] = set()
@@ -72,6 +91,10 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
             record = read_run(run)
         except NotARunFolder as e:
             raise ScaffoldError(f"{FLAG}: {e}") from None
+        if record.config.get("method") != "ophsd":
+            raise ScaffoldError(f"{FLAG}: {run} is a {record.config.get('method')} run; its "
+                                "teacher contexts are not a harness's: pass the --out folder "
+                                "of an ophsd run")
         try:
             rows = read_trained(record)
         except ValueError as e:
@@ -96,16 +119,25 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
             if ex_id not in train_by_id:
                 out.counts["unknown_example"] += 1
                 continue
-            text = harness_text_of(row)
+            if row.get("weight", 1.0) < 1.0:
+                out.counts["no_signal"] += 1  # a fallback trained at --fallback-weight
+                continue
+            text = harness_text_of(row, record.config)
+            if drop_wrong and text is None:
+                raise ScaffoldError(f"{FLAG} with --harness-filter drop: {run} did not record "
+                                    "its harness's answers (a run from before 2026-12-05 of "
+                                    f"{record.config.get('program')}): drop the filter, or "
+                                    "record the contexts again")
             # a pool question (label-scarce) has no answer to grade against: never read one
-            right = is_labelled(train_by_id[ex_id]) and \
+            right = text is not None and is_labelled(train_by_id[ex_id]) and \
                 task.grade(text, train_by_id[ex_id]) >= 1.0
             if drop_wrong and not right:
                 out.counts["dropped_wrong"] += 1
                 dropped.add(ex_id)
                 continue
             out.by_id[ex_id] = RecordedContext(
-                ex_id, row["student_messages"], row["teacher_messages"], task.parse(text), right,
+                ex_id, row["student_messages"], row["teacher_messages"], text,
+                task.parse(text) if text is not None else None, right,
                 f"{run}/trained.jsonl step {row.get('step')}")
         if not found:
             raise ScaffoldError(f"{FLAG}: {run} trained no rollout under a harness's teacher "
@@ -116,3 +148,14 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
                             f"({out.counts['dropped_wrong']} dropped as wrong, "
                             f"{out.counts['unknown_example']} not in the train split)")
     return out
+
+
+def check_prompts(contexts: RecordedContexts, task: TaskContract, train: Sequence[Item]) -> None:
+    """Refuse, before any server starts, a recorded context whose student prompt the task no
+    longer renders (the teacher would have read another question form)."""
+    for ex in train:
+        rec = contexts.by_id.get(ex.id)
+        if rec is not None and rec.student_messages != task.student_messages(ex):
+            raise ScaffoldError(f"{FLAG}: {rec.origin} recorded {ex.id} with another student "
+                                "prompt than this task renders now: record the contexts again "
+                                "with this version")

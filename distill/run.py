@@ -65,7 +65,7 @@ from distill.guard import CollapseGuard, healthy_checkpoint
 from distill.loop import collect
 from distill.losses import LossConfig
 from distill.methods import get_method
-from distill.replay import RecordedContexts, read_contexts
+from distill.replay import RecordedContexts, check_prompts, read_contexts
 from distill.trainer import DistillTrainer, TrainerConfig
 from evals.bank import task_bank
 from evals.metrics import held_out
@@ -395,6 +395,30 @@ def training_data(cfg: RunConfig, task: Task) -> tuple[list[Example], list[Item]
     return split.bank, split.pool
 
 
+def replayed_contexts(cfg: RunConfig, task: Task, train_set: list[Item], run_dir: RunDir,
+                      main: bool) -> tuple[RecordedContexts, list[Item]]:
+    """--teacher-contexts: the contexts to train on and their examples, in the train split's
+    order. Read from the recording runs at the first start and kept in the run folder, so a
+    resume draws the same batches even if those runs' files have grown since."""
+    saved = run_dir.recorded_contexts()
+    if saved is not None:
+        contexts = RecordedContexts.from_record(saved)
+    else:
+        runs = [r.strip() for r in cfg.teacher_contexts.split(",") if r.strip()]
+        contexts = read_contexts(runs, task, train_set, drop_wrong=cfg.harness_filter == "drop")
+        if main:
+            run_dir.record_contexts(contexts.to_record())
+    train = [ex for ex in train_set if ex.id in contexts.by_id]
+    check_prompts(contexts, task, train)
+    if main:
+        c = contexts.counts
+        print(f"--teacher-contexts: {len(train)} examples to train on, from {c['rows']} "
+              f"recorded rows ({c['duplicates']} repeats, {c['no_signal']} no-signal "
+              f"fallbacks, {c['dropped_wrong']} dropped as wrong by --harness-filter drop, "
+              f"{c['unknown_example']} not in the train split)")
+    return contexts, train
+
+
 def check_student_samples(harness: object, program: str) -> None:
     """`--harness-rollouts` needs a harness that names its samples of the student's prompt
     (`student_samples(trace)`, which raises ValueError where its options sample none): checked
@@ -419,15 +443,6 @@ def main(cfg: RunConfig) -> dict:
     model_path = resolve(cfg.model)
     task = get_task(cfg.task, data_root=cfg.data_root)
     bank, train_set = training_data(cfg, task)
-    contexts = None
-    if cfg.teacher_contexts is not None:
-        contexts = read_contexts([r.strip() for r in cfg.teacher_contexts.split(",") if r.strip()],
-                                 task, train_set, drop_wrong=cfg.harness_filter == "drop")
-        train_set = [ex for ex in train_set if ex.id in contexts.by_id]
-        c = contexts.counts
-        print(f"--teacher-contexts: {len(train_set)} examples to train on, from {c['rows']} "
-              f"recorded rows ({c['duplicates']} repeats, {c['dropped_wrong']} dropped as "
-              f"wrong by --harness-filter drop, {c['unknown_example']} not in the train split)")
     if cfg.eval_limit > 0:  # a broken test file is found now, not after training
         task.load("test")
     labelled_regime = bool(cfg.labeled_per_class or cfg.labeled)
@@ -446,6 +461,9 @@ def main(cfg: RunConfig) -> dict:
         if done:
             print_eval(done, f"{task.name}: no harness, {done[0].n} held-out items (eval.json)")
         return {"run_dir": str(run_dir.path), "eval": [r.row() for r in done]}
+    contexts = None
+    if cfg.teacher_contexts is not None:
+        contexts, train_set = replayed_contexts(cfg, task, train_set, run_dir, w.main)
     harness = None  # only ophsd (teacher contexts) and sft (targets) run the harness
     if get_method(cfg.method).runs_harness and contexts is None:
         index = None

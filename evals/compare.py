@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shlex
@@ -62,6 +63,7 @@ from scaffold.server import install_sigterm_handler, policy_endpoint
 from scaffold.trace import Trace, read_jsonl, write_jsonl
 from scaffold.types import TaskContract
 
+log = logging.getLogger("evals.compare")
 KNN_K = 10
 PARTIAL = "compare.partial.json"  # the rows measured so far (`checkpoint`), under --out
 
@@ -142,8 +144,10 @@ def run_compute(run_dir: Path, up_to: int | None = None,
     rows = [r for r in read_metrics(run_dir) if up_to is None or r.get("step", 0) <= up_to]
     compute = {
         "steps": len(rows),
-        "examples": sum(r.get("examples", 0) - r.get("skipped_fallback", 0)
-                        - r.get("harness_filtered", 0) - r.get("skipped_too_long", 0)
+        # a step's distinct trained examples (since 2026-12-05); before, every example drawn
+        # less the no-signal ones skipped, plus the bank's gold ones
+        "examples": sum(r["trained_examples"] if "trained_examples" in r else
+                        r.get("examples", 0) - r.get("skipped_fallback", 0)
                         + r.get("gold_targets", 0) for r in rows),
         "rollouts": sum(r.get("rollouts", 0) for r in rows),
         "student_tokens": sum(r.get("tokens", 0) for r in rows),
@@ -159,19 +163,27 @@ def run_compute(run_dir: Path, up_to: int | None = None,
         builds_on.append(origin)
     builds_on += [(Path(r.strip()), None)
                   for r in (config.get("teacher_contexts") or "").split(",") if r.strip()]
-    counted = []
-    for parent, step in builds_on:
-        if parent.resolve() in seen or not (parent / "config.json").is_file():
+    counted, missing = [], []
+    for i, (parent, step) in enumerate(builds_on):
+        label = str(parent) + ("" if step is None else f"@{step}")
+        if not (parent / "config.json").is_file():
+            missing.append(label)  # moved, deleted, or a path relative to another folder
+            continue
+        if parent.resolve() in seen:
             continue
         before = run_compute(parent, up_to=step, _seen=seen)
         for k in ("steps", "examples", "rollouts", "student_tokens", "train_wall_s"):
             compute[k] = round(compute[k] + before[k], 1) if isinstance(compute[k], float) \
                 else compute[k] + before[k]
-        counted.append(str(parent) + ("" if step is None else f"@{step}"))
+        counted.append(label)
+        if i == 0 and origin is not None:
+            compute["init_from"] = label
     if counted:
         compute["builds_on"] = counted
-        if origin is not None and counted[0].startswith(str(origin[0])):
-            compute["init_from"] = counted[0]
+    if missing:
+        compute["builds_on_missing"] = missing
+        log.warning("%s builds on %s, which is not a run folder from here: its cost is left "
+                    "out", run_dir, ", ".join(missing))
     return compute
 
 

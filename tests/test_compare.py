@@ -232,10 +232,18 @@ def test_a_run_on_recorded_contexts_reports_the_recording_runs_once(tmp_path):
     (replay / "config.json").write_text(json.dumps(
         {"method": "ophsd", "teacher_contexts": f"{stage1}, {stage2}"}))
     compute = run_compute(replay)
-    assert compute["steps"] == 1 + 3 + 1 and compute["examples"] == 4 + (4 + 4 + 8) + 4
+    assert compute["steps"] == 1 + 3 + 1 and compute["examples"] == 4 + (4 + 4 + 10) + 4
     assert compute["train_wall_s"] == pytest.approx(1.5 + 13.0 + 1.5)
     assert compute["builds_on"] == [str(stage1), str(stage2)] and "init_from" not in compute
     assert run_compute(stage2)["init_from"] == str(stage1)
+    (replay / "config.json").write_text(json.dumps(
+        {"method": "ophsd", "teacher_contexts": f"{stage2},{tmp_path / 'gone'}"}))
+    compute = run_compute(replay)  # a recording run no longer there: named, not counted
+    assert compute["builds_on"] == [str(stage2)] and compute["steps"] == 1 + 1 + 3
+    assert compute["builds_on_missing"] == [str(tmp_path / "gone")]
+    with open(replay / "metrics.jsonl", "a") as f:  # a step that records trained_examples
+        f.write("\n" + json.dumps({"step": 2, "examples": 16, "trained_examples": 9}) + "\n")
+    assert run_compute(replay)["examples"] == (4 + 9) + 4 + (4 + 4 + 10)  # stage 1 via stage 2
 
 
 def test_adapter_origin_reads_the_run_layout(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from distill.config import RunConfig, parse_args
 from distill.methods import METHODS, Collected
 from distill.pairs import StepInputs
-from distill.replay import read_contexts
+from distill.replay import RecordedContexts, check_prompts, read_contexts
 from evals.tasks.base import Example
 from scaffold.chat import render_ids
 from scaffold.errors import ScaffoldError
@@ -41,9 +41,10 @@ def row(ex_id: str, kind: str = "rollout", shown: str = "card_arrival",
     return r
 
 
-def run_folder(path: Path, rows: list[dict]) -> str:
+def run_folder(path: Path, rows: list[dict], **config) -> str:
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"method": "ophsd"}))
+    (path / "config.json").write_text(json.dumps(
+        {"method": "ophsd", "program": "self_consistency", **config}))
     (path / "trained.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
@@ -65,16 +66,19 @@ def test_the_first_context_of_each_example_and_every_row_left_out_counted(tmp_pa
         row("e1", shown="card_arrival later", harness=" card_arrival\n"),
         row("e5", shown="card_arrival"),  # an older row: no harness_completion
         row("e4", shown="lost_card"),  # an older row, wrong
+        {**row("e3", harness=" card_arrival\n"), "weight": 0.0},  # a no-signal fallback
     ])
     kept = read_contexts([a, b], task, TRAIN, drop_wrong=True)
     assert sorted(kept.by_id) == ["e1", "e5"]
     assert kept.by_id["e1"].teacher_messages == teacher("q1", "card_arrival first")
     assert kept.by_id["e1"].harness_answer == "card_arrival"
     assert kept.by_id["e1"].origin == f"{a}/trained.jsonl step 1"
-    assert kept.counts == {"rows": 7, "duplicates": 2, "dropped_wrong": 2,
+    assert kept.counts == {"rows": 8, "duplicates": 2, "no_signal": 1, "dropped_wrong": 2,
                            "unknown_example": 1}
     every = read_contexts([a, b], task, TRAIN)
     assert sorted(every.by_id) == ["e1", "e2", "e4", "e5"]
+    again = RecordedContexts.from_record(json.loads(json.dumps(every.to_record())))
+    assert again.by_id == every.by_id and again.counts == every.counts
     assert every.by_id["e4"].harness_answer == "lost_card" and not every.by_id["e4"].harness_right
     assert every.by_id["e5"].harness_right
 
@@ -88,11 +92,17 @@ def test_a_run_that_cannot_give_contexts_is_named_with_the_flag(tmp_path):
         run_folder(tmp_path / "gold", [row("e1", kind="gold")]): "no rollout under a harness",
         run_folder(tmp_path / "wrong", [row("e2", harness=" lost_card\n")]):
             "no context is left to train on (1 dropped as wrong",
+        run_folder(tmp_path / "opsd", [row("e1")], method="opsd"): "is a opsd run",
+        # an older row of a harness whose extra text states no answer: nothing to grade
+        run_folder(tmp_path / "dv", [row("e1")], program="draft_verify"):
+            "did not record its harness's answers",
+        run_folder(tmp_path / "working", [row("e1")], harness={"teacher_sees": "working"}):
+            "did not record its harness's answers",
     }
     for path, message in cases.items():
         with pytest.raises(ScaffoldError) as e:
             read_contexts([path], task, TRAIN, drop_wrong=True)
-        assert str(e.value).startswith("--teacher-contexts: ") and message in str(e.value)
+        assert str(e.value).startswith("--teacher-contexts") and message in str(e.value)
 
 
 def replay_ctx(tmp_path: Path, rows: list[dict]) -> SimpleNamespace:
@@ -123,10 +133,34 @@ def test_a_recorded_context_for_another_student_prompt_is_refused(tmp_path):
     import distill.loop as loop
 
     ctx = replay_ctx(tmp_path, [row("e1")])
+    check_prompts(ctx.contexts, ctx.task, TRAIN)  # the prompts it recorded: accepted
     ctx.task.student_messages = lambda ex: [{"role": "user", "content": f"Q: {ex.question}"},
                                             {"role": "assistant", "content": "Label:"}]
     with pytest.raises(ScaffoldError, match="another student prompt"):
+        check_prompts(ctx.contexts, ctx.task, TRAIN)  # before any server starts
+    with pytest.raises(ScaffoldError, match="another student prompt"):
         loop.collect(ctx, 0, [TRAIN[0]])
+
+
+def test_a_resume_trains_on_the_contexts_its_first_start_chose(tmp_path):
+    """The recording run grows after the first start (it was extended): the resume still
+    trains on the first start's contexts, kept in the run folder."""
+    from distill.checkpoint import RunDir
+    from distill.run import replayed_contexts
+
+    task = label_task_with_prompt()
+    recording = run_folder(tmp_path / "rec", [row("e1", harness=" card_arrival\n")])
+    cfg = RunConfig(method="ophsd", on_policy_fraction=1.0, teacher_contexts=recording)
+    run_dir = RunDir(tmp_path / "out", {"teacher_contexts": recording})
+    contexts, train = replayed_contexts(cfg, task, TRAIN, run_dir, main=True)
+    assert [ex.id for ex in train] == ["e1"]
+    with open(Path(recording) / "trained.jsonl", "a") as f:
+        f.write(json.dumps(row("e2", harness=" card_arrival\n")) + "\n")
+    again, train = replayed_contexts(cfg, task, TRAIN, run_dir, main=True)
+    assert [ex.id for ex in train] == ["e1"] and again.by_id == contexts.by_id
+    fresh = RunDir(tmp_path / "fresh", {"teacher_contexts": recording})
+    assert [ex.id for ex in replayed_contexts(cfg, task, TRAIN, fresh, main=True)[1]] == \
+        ["e1", "e2"]
 
 
 def test_harness_filter_drop_trains_nothing_where_the_live_harness_is_wrong(monkeypatch):
@@ -165,6 +199,12 @@ def test_the_flags_that_cannot_go_with_recorded_contexts(capsys):
     assert "--harness-filter drop checks the harness" in capsys.readouterr().err
 
 
+def test_a_yaml_list_of_runs_is_the_comma_separated_flag(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("teacher_contexts: [runs/a, runs/b]\non_policy_fraction: 1.0\n")
+    assert parse_args(["--config", str(config)]).teacher_contexts == "runs/a,runs/b"
+
+
 def test_trained_rows_record_the_harness_answer_that_replay_grades():
     from distill.export import record_rows
     from distill.pairs import PairSource
@@ -178,5 +218,8 @@ def test_trained_rows_record_the_harness_answer_that_replay_grades():
                               student("q1")))
     out.add(tok.encode("<user>q2"), tok.encode("<user>q2 more"), tok.encode(" b\n"), 200,
             source=PairSource("rollout", "e2", teacher("q2", "x"), None, student("q2")))
+    out.add(tok.encode("<user>q3"), tok.encode("<user>q3 more"), tok.encode(" c\n"), 200,
+            source=PairSource("rollout", "e3", teacher("q3", "x"), None, student("q3"),
+                              harness_completion=" card_arrival\n"))  # a replayed context
     rows = record_rows(1, out, tok, label_task_with_prompt())
-    assert [r["harness_completion"] for r in rows] == [" lost_card\n", None]
+    assert [r["harness_completion"] for r in rows] == [" lost_card\n", None, " card_arrival\n"]
