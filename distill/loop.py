@@ -17,10 +17,9 @@ from typing import Any
 
 from distill.methods import Collected, add_gold, get_method, sample_seed
 from distill.pairs import StepInputs, line_end_ids
-from distill.replay import RecordedContexts
+from distill.replay import RecordedContexts, check_prompt
 from scaffold.chat import render_ids
 from scaffold.client import Completion
-from scaffold.errors import ScaffoldError
 from scaffold.executor import run_program
 from scaffold.types import Example, Item, is_labelled
 
@@ -115,10 +114,7 @@ def use_recorded(contexts: RecordedContexts, item: Collected, out: StepInputs) -
     be the one that run trained (a changed task prompt would pair this student with a
     teacher that read another question form)."""
     rec = contexts.by_id[item.example.id]
-    if rec.student_messages != item.student_messages:
-        raise ScaffoldError(f"--teacher-contexts: {rec.origin} recorded {item.example.id} with "
-                            "another student prompt than this task renders now: record the "
-                            "contexts again with this version")
+    check_prompt(rec, item.student_messages)
     item.recorded = rec
     item.harness_answer = rec.harness_answer
     out.counts["contexts_recorded"] += 1

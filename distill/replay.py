@@ -150,12 +150,17 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
     return out
 
 
+def check_prompt(rec: RecordedContext, student_messages: Messages) -> None:
+    """Refuse a recorded context whose student prompt is not `student_messages`, the one the
+    task renders now (the teacher would have read another question form)."""
+    if rec.student_messages != student_messages:
+        raise ScaffoldError(f"{FLAG}: {rec.origin} recorded {rec.example_id} with another "
+                            "student prompt than this task renders now: record the contexts "
+                            "again with this version")
+
+
 def check_prompts(contexts: RecordedContexts, task: TaskContract, train: Sequence[Item]) -> None:
-    """Refuse, before any server starts, a recorded context whose student prompt the task no
-    longer renders (the teacher would have read another question form)."""
+    """`check_prompt` for every example, before any server starts."""
     for ex in train:
-        rec = contexts.by_id.get(ex.id)
-        if rec is not None and rec.student_messages != task.student_messages(ex):
-            raise ScaffoldError(f"{FLAG}: {rec.origin} recorded {ex.id} with another student "
-                                "prompt than this task renders now: record the contexts again "
-                                "with this version")
+        if ex.id in contexts.by_id:
+            check_prompt(contexts.by_id[ex.id], task.student_messages(ex))
