@@ -78,14 +78,13 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
     under a harness's context (kind "rollout") with full weight (a no-signal fallback
     trained under --fallback-weight is left out, counted). `drop_wrong`
     (`--harness-filter drop`) leaves out an example whose harness answer grades wrong
-    against its gold answer in `train` (the config allows it only where every example is
-    labelled).
+    against its gold answer in `train`, row by row: the first right one is kept (the config
+    allows the filter only where every example is labelled).
 
     Raises ScaffoldError naming the flag and the folder: not an ophsd run, no trained pairs,
     another task, no harness context at all, a harness answer that cannot be graded."""
     out = RecordedContexts()
     train_by_id = {ex.id: ex for ex in train}
-    dropped: set[str] = set()
     for run in runs:
         try:
             record = read_run(run)
@@ -113,7 +112,7 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
             found += 1
             out.counts["rows"] += 1
             ex_id = row["example_id"]
-            if ex_id in out.by_id or ex_id in dropped:
+            if ex_id in out.by_id:
                 out.counts["duplicates"] += 1  # more rollouts of it, or a later run's
                 continue
             if ex_id not in train_by_id:
@@ -132,8 +131,8 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
             right = text is not None and is_labelled(train_by_id[ex_id]) and \
                 task.grade(text, train_by_id[ex_id]) >= 1.0
             if drop_wrong and not right:
+                # a row, not the example: a later row (run) may have recorded it right
                 out.counts["dropped_wrong"] += 1
-                dropped.add(ex_id)
                 continue
             out.by_id[ex_id] = RecordedContext(
                 ex_id, row["student_messages"], row["teacher_messages"], text,
@@ -144,9 +143,10 @@ def read_contexts(runs: Sequence[str], task: TaskContract, train: Sequence[Item]
                                 "context (kind 'rollout'): pass the --out folder of an ophsd "
                                 "run")
     if not out.by_id:
-        raise ScaffoldError(f"{FLAG}: no context is left to train on "
-                            f"({out.counts['dropped_wrong']} dropped as wrong, "
-                            f"{out.counts['unknown_example']} not in the train split)")
+        raise ScaffoldError(f"{FLAG}: no context is left to train on (rows dropped as "
+                            f"wrong: {out.counts['dropped_wrong']}; rows of examples not "
+                            f"among this run's training examples: "
+                            f"{out.counts['unknown_example']})")
     return out
 
 

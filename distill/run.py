@@ -415,7 +415,8 @@ def replayed_contexts(cfg: RunConfig, task: Task, train_set: list[Item], run_dir
         print(f"--teacher-contexts: {len(train)} examples to train on, from {c['rows']} "
               f"recorded rows ({c['duplicates']} repeats, {c['no_signal']} no-signal "
               f"fallbacks, {c['dropped_wrong']} dropped as wrong by --harness-filter drop, "
-              f"{c['unknown_example']} not in the train split)")
+              f"{c['unknown_example']} not among this run's training examples: another "
+              "split, or the labelled bank)")
     return contexts, train
 
 

@@ -51,9 +51,9 @@ def run_folder(path: Path, rows: list[dict], **config) -> str:
 
 def test_the_first_context_of_each_example_and_every_row_left_out_counted(tmp_path):
     """Runs are read in order and the first context of an example wins; a row of another
-    kind is not a context; drop leaves out an example whose harness answer grades wrong,
-    read from harness_completion where recorded and from the teacher's extra text where
-    not (an older row)."""
+    kind is not a context; drop leaves out each row whose harness answer grades wrong
+    (a later right row of the example is kept), read from harness_completion where recorded
+    and from the teacher's extra text where not (an older row)."""
     task = label_task_with_prompt()
     a = run_folder(tmp_path / "a", [
         row("e1", shown="card_arrival first", harness=" card_arrival\n"),
@@ -66,17 +66,21 @@ def test_the_first_context_of_each_example_and_every_row_left_out_counted(tmp_pa
         row("e1", shown="card_arrival later", harness=" card_arrival\n"),
         row("e5", shown="card_arrival"),  # an older row: no harness_completion
         row("e4", shown="lost_card"),  # an older row, wrong
+        row("e2", shown="card_arrival", harness=" card_arrival\n"),  # right this time
         {**row("e3", harness=" card_arrival\n"), "weight": 0.0},  # a no-signal fallback
     ])
     kept = read_contexts([a, b], task, TRAIN, drop_wrong=True)
-    assert sorted(kept.by_id) == ["e1", "e5"]
+    assert sorted(kept.by_id) == ["e1", "e2", "e5"]
+    assert kept.by_id["e2"].origin == f"{b}/trained.jsonl step 1"  # a's was wrong
     assert kept.by_id["e1"].teacher_messages == teacher("q1", "card_arrival first")
     assert kept.by_id["e1"].harness_answer == "card_arrival"
     assert kept.by_id["e1"].origin == f"{a}/trained.jsonl step 1"
-    assert kept.counts == {"rows": 8, "duplicates": 2, "no_signal": 1, "dropped_wrong": 2,
+    assert kept.counts == {"rows": 9, "duplicates": 2, "no_signal": 1, "dropped_wrong": 2,
                            "unknown_example": 1}
+    assert len(kept.by_id) + sum(v for k, v in kept.counts.items() if k != "rows") == 9
     every = read_contexts([a, b], task, TRAIN)
     assert sorted(every.by_id) == ["e1", "e2", "e4", "e5"]
+    assert every.by_id["e2"].origin == f"{a}/trained.jsonl step 1"
     again = RecordedContexts.from_record(json.loads(json.dumps(every.to_record())))
     assert again.by_id == every.by_id and again.counts == every.counts
     assert every.by_id["e4"].harness_answer == "lost_card" and not every.by_id["e4"].harness_right
@@ -91,7 +95,7 @@ def test_a_run_that_cannot_give_contexts_is_named_with_the_flag(tmp_path):
         run_folder(tmp_path / "other", [row("e1", task="gsm8k")]): "trained on gsm8k, not toy",
         run_folder(tmp_path / "gold", [row("e1", kind="gold")]): "no rollout under a harness",
         run_folder(tmp_path / "wrong", [row("e2", harness=" lost_card\n")]):
-            "no context is left to train on (1 dropped as wrong",
+            "no context is left to train on (rows dropped as wrong: 1;",
         run_folder(tmp_path / "opsd", [row("e1")], method="opsd"): "is a opsd run",
         # an older row of a harness whose extra text states no answer: nothing to grade
         run_folder(tmp_path / "dv", [row("e1")], program="draft_verify"):
