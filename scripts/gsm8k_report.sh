@@ -13,7 +13,8 @@
 #    teacher (lr 2e-5; lr 2e-4; lr 2e-4 with a KL anchor to the base, and 12 more steps of
 #    it on new problems; the same with a weaker anchor; with the weaker anchor and the
 #    working shown without its final answer; on the vote's own samples; only where the
-#    vote disagrees with greedy, two stages, and their right contexts again), OPSD and SSOPD
+#    vote disagrees with greedy, two stages, and their right contexts again under JSD and
+#    under reverse KL), OPSD and SSOPD
 #    with the anchored run's levers, SFT on the vote's correct samples, SFT on the
 #    reference solutions;
 # 3. evals.compare: the bare rows from each run's own final evaluation, the base's harness
@@ -48,11 +49,13 @@ $PY -m distill.run --config configs/gsm8k_vote_disagree.yaml
 $PY -m distill.run --config configs/gsm8k_vote_disagree.yaml \
     --init-adapter runs/g8k-vote-disagree/final_adapter --seed 1 --out runs/g8k-vote-disagree-s2
 $PY -m distill.run --config configs/gsm8k_vote_replay.yaml
+$PY -m distill.run --config configs/gsm8k_replay_rkl.yaml
 
 RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
       runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working
       runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
-      runs/g8k-gold-sft runs/g8k-vote-disagree runs/g8k-vote-disagree-s2 runs/g8k-vote-replay)
+      runs/g8k-gold-sft runs/g8k-vote-disagree runs/g8k-vote-disagree-s2 runs/g8k-vote-replay
+      runs/g8k-replay-rkl)
 REUSE=(runs/g8k-sc8bare/results.json "${RUNS[@]}")
 [ -f runs/compare-gsm8k/compare.json ] && REUSE=(runs/compare-gsm8k/compare.json "${REUSE[@]}")
 # shellcheck disable=SC2086
