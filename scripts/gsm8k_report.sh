@@ -49,7 +49,8 @@ $PY -m distill.run --config configs/gsm8k_vote_disagree.yaml
 $PY -m distill.run --config configs/gsm8k_vote_disagree.yaml \
     --init-adapter runs/g8k-vote-disagree/final_adapter --seed 1 --out runs/g8k-vote-disagree-s2
 $PY -m distill.run --config configs/gsm8k_vote_replay.yaml
-$PY -m distill.run --config configs/gsm8k_replay_rkl.yaml
+$PY -m distill.run --config configs/gsm8k_vote_replay.yaml --loss reverse_kl --clip 20 \
+    --out runs/g8k-replay-rkl
 
 RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
       runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working
