@@ -130,19 +130,16 @@ def adapter_origin(adapter: str | Path) -> tuple[Path, int | None] | None:
     return None
 
 
-def run_compute(run_dir: Path, up_to: int | None = None,
-                _seen: set[Path] | None = None) -> dict:
-    """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples
-    trained on (distilled and gold; a skipped fallback or a filtered example is not),
-    rollouts, student tokens trained on, and wall-clock time of the training loop; plus what
-    the runs it builds on spent: the run it started from, up to that adapter (--init-adapter
-    RUN/final_adapter: all of it; RUN/checkpoints/step_N/adapter: through step N), and the
-    runs whose teacher contexts it trained on (--teacher-contexts: all of each, their
-    harness time included), each counted once, so a staged recipe reports its whole cost."""
-    seen = set() if _seen is None else _seen
-    seen.add(run_dir.resolve())
-    rows = [r for r in read_metrics(run_dir) if up_to is None or r.get("step", 0) <= up_to]
-    compute = {
+COMPUTE_KEYS = ("steps", "examples", "rollouts", "student_tokens", "train_wall_s")
+
+
+def own_compute(run_dir: Path, after: int | None = None, up_to: int | None = None) -> dict:
+    """What a run's own training loop spent in its steps after `after` through `up_to`
+    (None: from the start, to the end), from its metrics.jsonl."""
+    rows = [r for r in read_metrics(run_dir)
+            if (after is None or r.get("step", 0) > after)
+            and (up_to is None or r.get("step", 0) <= up_to)]
+    return {
         "steps": len(rows),
         # a step's distinct trained examples (since 2026-12-05); before, every example drawn
         # less the no-signal ones skipped, plus the bank's gold ones
@@ -153,6 +150,28 @@ def run_compute(run_dir: Path, up_to: int | None = None,
         "student_tokens": sum(r.get("tokens", 0) for r in rows),
         "train_wall_s": round(sum(r.get("step_s", 0.0) for r in rows), 1),
     }
+
+
+def _add_compute(total: dict, more: dict) -> None:
+    for k in COMPUTE_KEYS:
+        total[k] = round(total[k] + more[k], 1) if isinstance(total[k], float) \
+            else total[k] + more[k]
+
+
+def run_compute(run_dir: Path, up_to: int | None = None,
+                _seen: dict[Path, int | None] | None = None) -> dict:
+    """What a run spent (through step `up_to`), from its metrics.jsonl: steps, examples
+    trained on (distilled and gold; a skipped fallback or a filtered example is not),
+    rollouts, student tokens trained on, and wall-clock time of the training loop; plus what
+    the runs it builds on spent: the run it started from, up to that adapter (--init-adapter
+    RUN/final_adapter: all of it; RUN/checkpoints/step_N/adapter: through step N), and the
+    runs whose teacher contexts it trained on (--teacher-contexts: all of each, their
+    harness time included), each step of each counted once, so a staged recipe reports its
+    whole cost. A run met twice (its checkpoint as the init adapter and its contexts
+    replayed) counts through the furthest step either needs."""
+    seen: dict[Path, int | None] = {} if _seen is None else _seen
+    seen[run_dir.resolve()] = up_to  # None: all of it
+    compute = own_compute(run_dir, up_to=up_to)
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
@@ -169,12 +188,17 @@ def run_compute(run_dir: Path, up_to: int | None = None,
         if not (parent / "config.json").is_file():
             missing.append(label)  # moved, deleted, or a path relative to another folder
             continue
-        if parent.resolve() in seen:
+        key = parent.resolve()
+        if key in seen:
+            done = seen[key]
+            if done is None or (step is not None and step <= done):
+                continue  # already counted this far
+            # counted through step `done` on another path; this one needs more of it
+            _add_compute(compute, own_compute(parent, after=done, up_to=step))
+            seen[key] = step
+            counted.append(label)
             continue
-        before = run_compute(parent, up_to=step, _seen=seen)
-        for k in ("steps", "examples", "rollouts", "student_tokens", "train_wall_s"):
-            compute[k] = round(compute[k] + before[k], 1) if isinstance(compute[k], float) \
-                else compute[k] + before[k]
+        _add_compute(compute, run_compute(parent, up_to=step, _seen=seen))
         counted.append(label)
         if i == 0 and origin is not None:
             compute["init_from"] = label

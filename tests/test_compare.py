@@ -246,6 +246,25 @@ def test_a_run_on_recorded_contexts_reports_the_recording_runs_once(tmp_path):
     assert run_compute(replay)["examples"] == (4 + 9) + 4 + (4 + 4 + 10)  # stage 1 via stage 2
 
 
+
+def test_a_run_that_is_both_init_and_context_source_counts_its_furthest_step(tmp_path):
+    """A run started from another's step-1 checkpoint that also replays all of that run's
+    contexts spent all of it: the full run counts once, whichever path meets it first."""
+    first = make_run(tmp_path / "first", 0, [1.0, 0.9])
+    second = make_run(tmp_path / "second", 0, [0.5])
+    (second / "config.json").write_text(json.dumps({
+        "method": "ophsd", "init_adapter": str(first / "checkpoints" / "step_000001" / "adapter"),
+        "teacher_contexts": str(first)}))
+    compute = run_compute(second)
+    assert compute["steps"] == 1 + 2 and compute["examples"] == 4 + 4 + 4
+    assert compute["train_wall_s"] == pytest.approx(1.5 + 1.5 + 1.5)
+    assert compute["builds_on"] == [f"{first}@1", str(first)]
+    # the other order (contexts first, then a run that starts from its checkpoint): no more
+    third = make_run(tmp_path / "third", 0, [0.4])
+    (third / "config.json").write_text(json.dumps({
+        "method": "ophsd", "teacher_contexts": f"{first},{second}"}))
+    assert run_compute(third)["steps"] == 1 + 2 + 1
+
 def test_adapter_origin_reads_the_run_layout(tmp_path):
     from evals.compare import adapter_origin
 
