@@ -61,7 +61,7 @@ def evaluate(task: TaskContract, program_name: str, items: list[Any], *, lm: Any
         tokens += sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in r.trace.calls)
         final = r.trace.final_call()
         answer_tokens += (final.completion_tokens or 0) if final else 0
-        fallbacks += bool(r.trace.fallbacks)
+        fallbacks += r.trace.answer_fell_back()  # a training screen is not one
         if r.failed:
             failed += 1
             scores.append(0.0)

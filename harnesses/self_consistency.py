@@ -119,11 +119,11 @@ class SelfConsistency(dspy.Module):
         votes = Counter(r.answer for r in runs if r.answer is not None)
         best, agreeing = votes.most_common(1)[0] if votes else (None, 0)
         if agreeing < self.min_votes:
-            note_fallback("weak_vote", f"{agreeing} of {self.n} samples agree",
+            note_fallback("weak_vote", f"{agreeing} of {self.n} samples agree", screening=True,
                           agreeing=agreeing, min_votes=self.min_votes)
         if greedy is not None and best is not None and best == greedy_answer:
             note_fallback("greedy_agrees", "the vote's answer is the greedy answer",
-                          answer=best)
+                          screening=True, answer=best)
         winner = next((r for r in runs if r.answer == best), runs[-1])
         return dspy.Prediction(completion=winner.completion, answer=best, votes=dict(votes))
 
@@ -170,7 +170,7 @@ def _answer_or_none(greedy: Future) -> str | None:
     try:
         return greedy.result().answer
     except Exception as err:  # the samples' errors still fail the example
-        note_fallback("greedy_failed", f"the greedy call failed: {err}")
+        note_fallback("greedy_failed", f"the greedy call failed: {err}", screening=True)
         return None
 
 

@@ -122,6 +122,12 @@ class Trace:
         """Whether any fallback (including a parse failure) was noted."""
         return bool(self.fallbacks)
 
+    def answer_fell_back(self) -> bool:
+        """Whether a fallback that degraded the harness's answer was noted (what evals count
+        as fallbacks): a screening mark (`note_fallback(..., screening=True)`, a training
+        filter such as self_consistency's weak_vote) leaves the answer as it was."""
+        return any(not f.get("screening") for f in self.fallbacks)
+
     def graph(self, min_chars: int = 3) -> nx.DiGraph:
         """Data flow: "input" -> calls -> "output".
 
@@ -250,16 +256,22 @@ def _current_step(state: _TraceState | None) -> str | None:
     return _signature_name(module.signature)
 
 
-def note_fallback(kind: str, detail: str = "", **extra: Any) -> None:
+def note_fallback(kind: str, detail: str = "", *, screening: bool = False,
+                  **extra: Any) -> None:
     """Record that the harness fell back (empty bank, parse failure, empty plan...).
 
     No-op outside a trace. The entry gets the current step name when called inside a
-    predictor, and any `extra` JSON-able fields.
+    predictor, and any `extra` JSON-able fields. `screening=True` marks a note of a
+    training screen that leaves the harness's answer as it was: an evaluation does not
+    count it as a fallback (whether training skips the example is the kind's business:
+    distill.teacher's NO_SIGNAL_FALLBACKS).
     """
     state = _state()
     if state is None:
         return
     entry = {"kind": kind, "detail": detail, "step": _current_step(state), **_jsonable(extra)}
+    if screening:
+        entry["screening"] = True
     with _LOCK:
         state.trace.fallbacks.append(entry)
 

@@ -115,6 +115,7 @@ def test_empty_bank_falls_back_to_bare_prompt(task):
     pred, tr, lm = run(program, example, lambda m: " card_arrival")
     assert lm.requests == [task.student_messages(example)]
     assert [f["kind"] for f in tr.fallbacks] == ["empty_bank"]
+    assert tr.answer_fell_back()  # an evaluation counts it: the answer is the bare one
 
 
 def test_plan_solve_prompts_and_empty_plan(tmp_path, monkeypatch):
@@ -671,6 +672,7 @@ def test_self_consistency_marks_a_vote_equal_to_the_greedy_answer_as_no_signal(
         assert sorted(k["temperature"] for k in lm.request_kwargs) == [0.0, 0.7, 0.7, 0.7, 0.7]
         assert sorted(tr.step_names()) == ["greedy.answer"] + ["solver.answer"] * 4
         assert [f["kind"] for f in tr.fallbacks] == (["greedy_agrees"] if agrees else [])
+        assert tr.fell_back() == agrees and not tr.answer_fell_back()  # a screen: answer stands
         tc = from_trace(tr, student, teacher_call=program.teacher_call)
         assert tc.fallback == agrees and (tc.reason == "greedy_agrees") == agrees
         assert "3 of 4 sampled solutions reached the same final answer" in \
@@ -690,6 +692,7 @@ def test_self_consistency_marks_a_vote_equal_to_the_greedy_answer_as_no_signal(
     pred, tr, _ = run(checked, example, greedy_fails, sees_settings=True, temperature=0.7)
     tr.outputs = {"answer": pred.answer, "completion": pred.completion}
     assert pred.answer == "5" and [f["kind"] for f in tr.fallbacks] == ["greedy_failed"]
+    assert not tr.answer_fell_back()  # the vote still answers
     assert not from_trace(tr, student, teacher_call=checked.teacher_call).fallback  # teaches
 
 
@@ -715,6 +718,7 @@ def test_self_consistency_marks_a_vote_under_min_votes_as_no_signal(tmp_path, mo
         tr.outputs = {"answer": pred.answer, "completion": pred.completion}
         assert pred.answer == "5"  # the majority answers either way
         assert [f["kind"] for f in tr.fallbacks] == (["weak_vote"] if weak else [])
+        assert not tr.answer_fell_back()  # the majority still answers: not an eval fallback
         tc = from_trace(tr, student, teacher_call=program.teacher_call)
         assert tc.fallback == weak and (tc.reason == "weak_vote") == weak
         assert program.student_samples(tr) == tr.calls and len(tr.calls) == 4
