@@ -82,6 +82,11 @@ class RunConfig:
                              "the student's mode)")
     loss_temperature: float = opt(1.0, "softmax temperature of both sides inside the loss")
     clip: float | None = opt(None, "clip each token's divergence at this value")
+    agreed_weight: float = opt(1.0, "weight of the teacher's term at a token the teacher would "
+                               "have picked too (its most likely token is the student's "
+                               "sampled one); below 1 leans the loss on the tokens the "
+                               "teacher overrules (GSM8K: most of the divergence is wording, "
+                               "scripts/transcript_numbers.py); 1: every token alike")
     skip_first_tokens: int = opt(0, "no loss on the first N tokens of each distilled "
                                  "response (where a teacher that knows the answer pulls "
                                  "hardest toward stating it at once)")
@@ -428,6 +433,11 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                 f"{cfg.checkpoint_every}, or a resumed run samples another policy")
     if cfg.eval_every < 0:
         p.error("--eval-every must be >= 0")
+    if cfg.agreed_weight < 0:
+        p.error("--agreed-weight must be >= 0")
+    if cfg.agreed_weight != 1.0 and cfg.loss == "sampled_token":
+        p.error("--agreed-weight weighs a full-distribution loss; sampled_token already "
+                "weighs each token by the teacher's verdict on it")
     if cfg.transcripts < 0:
         p.error("--transcripts must be >= 0")
     if cfg.skip_first_tokens < 0:

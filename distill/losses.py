@@ -80,6 +80,9 @@ class LossConfig:
     tail_bucket: bool = False  # topk_reverse_kl: one extra bucket with the remaining mass
     clip: float | None = None  # per-token clamp (max) of the loss before reduction
     chunk_size: int = 256  # response positions per chunk in chunked_distill_loss
+    # weight of a position whose teacher argmax is the student's sampled token (1: all alike);
+    # the anchor term is not reweighted
+    agreed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in LOSSES:
@@ -94,6 +97,8 @@ class LossConfig:
             raise ValueError(f"clip must be > 0, got {self.clip}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.agreed_weight < 0:
+            raise ValueError(f"agreed_weight must be >= 0, got {self.agreed_weight}")
 
 
 def kl_from_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
@@ -277,7 +282,11 @@ def _chunk_losses(
             teacher_logits = F.linear(teacher_hidden.to(dtype), w.detach(), t_bias)
     loss = per_token_divergence(student_logits, teacher_logits, cfg, sampled_ids, sampling_logprobs,
                                 support)
-    loss_sum = (loss * token_weights.to(dtype)).sum()
+    token_weights = token_weights.to(dtype)
+    if cfg.agreed_weight != 1.0 and sampled_ids is not None:
+        agreed = teacher_logits.argmax(-1) == sampled_ids.long()  # over the full vocabulary
+        token_weights = torch.where(agreed, token_weights * cfg.agreed_weight, token_weights)
+    loss_sum = (loss * token_weights).sum()
     anchor_sum = loss_sum.new_zeros(())
     if anchor_hidden is not None:  # the same student logits, against the base's
         with torch.no_grad():

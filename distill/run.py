@@ -147,7 +147,7 @@ def resolve_sync(sync: str, api_base: str | None, fsdp: bool = False) -> str:
 
 def trainer_config(cfg: RunConfig, model_path: str, task_kind: str) -> TrainerConfig:
     loss = LossConfig(kind=resolve_loss(cfg.loss, task_kind), beta=cfg.beta, temperature=cfg.loss_temperature,
-                      top_k=cfg.top_k, clip=cfg.clip)
+                      top_k=cfg.top_k, clip=cfg.clip, agreed_weight=cfg.agreed_weight)
     return TrainerConfig(model=model_path, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                          lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
                          total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,

@@ -505,3 +505,30 @@ def test_chunked_loss_slices_the_support_with_the_positions():
     loss, _ = chunked_distill_loss(s_h, t_h, w, cfg, bias, ids, sampling, weights,
                                    support=support)
     torch.testing.assert_close(loss, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_agreed_weight_scales_only_the_positions_whose_teacher_argmax_is_the_sampled_token():
+    """agreed_weight w: a position where the teacher's most likely token is the student's
+    sampled one contributes w x its divergence, every other position its full divergence;
+    the anchor term is not reweighted; w = 1 is the plain loss."""
+    s_h, t_h, w, bias, *_ = _hidden()
+    teacher = t_h @ w.T + bias
+    argmax = teacher.argmax(-1)
+    other = (argmax + 1) % w.shape[0]
+    sampled = torch.where(torch.arange(7) % 2 == 0, argmax, other)  # even positions agree
+    weights = torch.linspace(0.5, 1.0, 7, dtype=torch.float64)
+    base_h = torch.randn(s_h.shape, generator=torch.Generator().manual_seed(3),
+                         dtype=torch.float64)
+    anchor_w = torch.full((7,), 0.4, dtype=torch.float64)
+    student = s_h @ w.T + bias
+    per_token = per_token_divergence(student, teacher, LossConfig(kind="reverse_kl"))
+    factor = torch.where(torch.arange(7) % 2 == 0, 0.25, 1.0).to(torch.float64)
+    anchor = (0.4 * explicit_kl(student, base_h @ w.T + bias)).sum()
+    for agreed_weight, expected in ((0.25, (per_token * weights * factor).sum() + anchor),
+                                    (1.0, (per_token * weights).sum() + anchor)):
+        cfg = LossConfig(kind="reverse_kl", chunk_size=3, agreed_weight=agreed_weight)
+        loss, _ = chunked_distill_loss(s_h, t_h, w, cfg, bias, sampled, weights=weights,
+                                       anchor_hidden=base_h, anchor_weights=anchor_w)
+        torch.testing.assert_close(loss, expected, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="agreed_weight"):
+        LossConfig(agreed_weight=-0.1)
