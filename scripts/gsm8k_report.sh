@@ -56,12 +56,15 @@ $PY -m distill.run --config configs/gsm8k_vote_replay.yaml --loss reverse_kl --c
 $PY -m distill.run --config configs/gsm8k_vote_replay.yaml --loss reverse_kl --clip 20 --steps 18 \
     --teacher-contexts runs/g8k-vote-disagree,runs/g8k-vote-disagree-s2,runs/g8k-vote-anchor03,runs/g8k-vote-anchor03-s2 \
     --out runs/g8k-replay-rkl-all
+$PY -m distill.run --config configs/gsm8k_vote_replay.yaml --loss reverse_kl --clip 20 \
+    --agreed-weight 0 --out runs/g8k-replay-rkl-overruled
 
 RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
       runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working
       runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
       runs/g8k-gold-sft runs/g8k-vote-disagree runs/g8k-vote-disagree-s2 runs/g8k-vote-replay
-      runs/g8k-replay-rkl runs/g8k-replay-rkl-s1 runs/g8k-replay-rkl-all)
+      runs/g8k-replay-rkl runs/g8k-replay-rkl-s1 runs/g8k-replay-rkl-all
+      runs/g8k-replay-rkl-overruled)
 REUSE=(runs/g8k-sc8bare/results.json "${RUNS[@]}")
 [ -f runs/compare-gsm8k/compare.json ] && REUSE=(runs/compare-gsm8k/compare.json "${REUSE[@]}")
 # shellcheck disable=SC2086
