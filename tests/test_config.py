@@ -110,3 +110,13 @@ def test_fsdp_on_a_torch_without_the_needed_fsdp2_methods_is_refused(capsys, mon
     error = error_of(["--fsdp"], capsys)
     assert "lacks FSDPModule.set_reduce_scatter_unused_params" in error
     assert "2.13 has it" in error
+
+
+def test_agreed_weight_is_checked_and_reaches_the_loss(capsys):
+    from distill.run import trainer_config
+    assert "--agreed-weight must be >= 0" in error_of(["--agreed-weight", "-0.5"], capsys)
+    assert "sampled_token" in error_of(["--loss", "sampled_token", "--agreed-weight", "0"],
+                                       capsys)
+    cfg = parse_args(["--agreed-weight", "0.25"])
+    assert trainer_config(cfg, "model", "math").loss.agreed_weight == 0.25
+    assert parse_args([]).agreed_weight == 1.0
