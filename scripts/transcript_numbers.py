@@ -10,6 +10,7 @@ Why (issue 15, item 2, fourteenth attempt): the replayed right contexts never ta
 student its 80 training problems. On the reverse-KL replays the teacher's top choice was
 the student's own digit on 91-97% of a wrong rollout's digit tokens: conditioned on the
 student's working, the teacher follows its numbers, and the loss sits on the wording.
+Training on the overruled tokens alone (--agreed-weight 0) did not change that result.
 
     python scripts/transcript_numbers.py --task gsm8k runs/g8k-replay-rkl runs/g8k-replay-rkl-all
 """
@@ -24,11 +25,13 @@ import sys
 from pathlib import Path
 
 from evals.tasks import get_task
+from scaffold.types import Item, TaskContract
 
 DIGIT = re.compile(r"\d")
 
 
-def summarize(run: Path, task, train: dict, skip: int) -> list[tuple[str, int, float, float, float]]:
+def summarize(run: Path, task: TaskContract, train: dict[str, Item],
+              skip: int) -> list[tuple[str, int, float, float, float]]:
     """Rows (outcome, rollouts, loss share on digit tokens, teacher's top-1 not the student's
     digit, rollouts with any such digit) for the run's right and wrong rollouts."""
     groups: dict[bool, list[tuple[float, float, bool]]] = {True: [], False: []}
