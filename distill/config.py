@@ -48,7 +48,10 @@ class RunConfig:
     method: str = opt("ophsd", "ophsd: distil the harness on the student's rollouts; opsd: "
                       "the reference answer as the teacher's context; ssopd: group-relative "
                       "self-distillation; sft: train on the harness's answers; gold_sft: train "
-                      "on gold labels", METHODS)  # the live registry: a method added to it is a choice
+                      "on gold labels; vote_rl: policy gradient on the harness's samples, "
+                      "rewarded for the harness's answer; gold_rl: the same on the student's "
+                      "--rollouts, rewarded by the gold answer",
+                      METHODS)  # the live registry: a method added to it is a choice
     steps: int = opt(16, "optimizer steps")
     batch_size: int = opt(32, "examples per optimizer step")
     rollouts: int = opt(1, "student samples per example (ssopd: the group size G, >= 2)")
@@ -126,7 +129,8 @@ class RunConfig:
                                  "(a harness with student_samples(trace): self_consistency "
                                  "with solver 'none') are the student's rollouts; ophsd: less "
                                  "the one shown to the teacher, instead of new samples; sft: "
-                                 "each that grades correct is a target")
+                                 "each that grades correct is a target; vote_rl: each is "
+                                 "rewarded for reaching the harness's answer")
     fallback_weight: float = opt(0.0, "weight of no-signal examples (0 skips them, counted)")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
@@ -369,11 +373,16 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                     "examples its harness got wrong")
         if not [r for r in cfg.teacher_contexts.split(",") if r.strip()]:
             p.error("--teacher-contexts: give at least one run folder")
-    if cfg.harness_rollouts and (cfg.method not in ("ophsd", "sft") or cfg.rollouts != 1 or
+    if cfg.method == "vote_rl" and not cfg.harness_rollouts:
+        p.error("--method vote_rl rewards the harness's own samples of the student prompt: "
+                "add --harness-rollouts (and a harness that samples it, e.g. --program "
+                "self_consistency with solver none)")
+    if cfg.harness_rollouts and (cfg.method not in ("ophsd", "sft", "vote_rl") or
+                                 cfg.rollouts != 1 or
                                  cfg.method == "ophsd" and cfg.on_policy_fraction < 1.0):
         p.error("--harness-rollouts trains on the harness's own samples of the student prompt: "
-                "it needs --method ophsd with --on-policy-fraction 1, or --method sft, and "
-                "no --rollouts")
+                "it needs --method ophsd with --on-policy-fraction 1, or --method sft or "
+                "vote_rl, and no --rollouts")
     if cfg.harness_rollouts and resolve_loss(cfg.loss, "math") == "sampled_token":
         p.error("--harness-rollouts: the harness's samples carry no sampling logprobs, which "
                 "the sampled_token loss needs: use another --loss")

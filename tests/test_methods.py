@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import pytest
 
 from distill.config import RunConfig, parse_args, resolve_loss
-from distill.methods import METHODS, Collected, PairSource, add_harness_path, ssopd_weight
+from distill.methods import (
+    METHODS,
+    Collected,
+    PairSource,
+    add_harness_path,
+    group_advantages,
+    ssopd_weight,
+)
 from distill.pairs import StepInputs, gold_target_ids
 from distill.run import resolve_sync
 from distill.teacher import with_worked_answer
@@ -338,6 +345,8 @@ def test_each_method_says_what_it_runs_samples_and_reads():
         "ssopd": (False, True, True, True, True),
         "sft": (True, False, True, False, True),
         "gold_sft": (False, False, True, False, False),
+        "vote_rl": (True, False, False, False, True),
+        "gold_rl": (False, True, True, False, True),
     }
 
 
@@ -459,6 +468,14 @@ def test_harness_rollouts_are_its_samples_of_the_student_prompt_less_the_shown_o
     assert [tok.decode(p.response_ids) for p in out.pairs] == ["5\n"] * 3
     assert all(out.sft) and out.counts["rollouts"] == 9 and out.counts["student_correct"] == 3
     assert client.requests == []
+    # vote_rl: every sample, the returned one included (no teacher sees it), weighted by its
+    # advantage against the harness's answer
+    task.parse = lambda text: text.strip().rstrip(".") or None
+    ctx.cfg = RunConfig(method="vote_rl", harness_rollouts=True)
+    out = loop.collect(ctx, 0, examples)
+    assert [tok.decode(p.response_ids) for p in out.pairs] == ["5\n", "4\n", "5.\n"] * 3
+    assert out.weights == pytest.approx([1 / 3, -2 / 3, 1 / 3] * 3) and all(out.sft)
+    assert client.requests == []
 
 
 @pytest.mark.parametrize("argv", [["--method", "opsd"], ["--on-policy-fraction", "0.5"],
@@ -497,3 +514,74 @@ def test_harness_rollouts_need_a_harness_that_names_its_student_samples(tmp_path
         check_student_samples(build_harness("self_consistency", task), "self_consistency")
     with pytest.raises(ScaffoldError, match="'plan_solve' does not say which of its calls"):
         check_student_samples(build_harness("plan_solve", task), "plan_solve")
+
+
+@pytest.mark.parametrize(("rewards", "advantages"), [
+    ([1, 1, 0, 0], [0.5, 0.5, -0.5, -0.5]),
+    ([1, 0, 0, 0], [0.75, -0.25, -0.25, -0.25]),
+    ([1, 1], [0.0, 0.0]),  # a group that agrees: no signal
+    ([0, 0], [0.0, 0.0]),
+])
+def test_group_advantages_closed_form(rewards, advantages):
+    assert group_advantages(rewards) == pytest.approx(advantages)
+
+
+def test_vote_rl_weights_each_harness_sample_by_its_advantage_and_reads_no_gold():
+    """vote_rl: each of the harness's samples is a cross-entropy pair on its own ids after
+    the bare prompt, weighted by reward - mean reward (reward: its answer is the harness's);
+    an unlabelled pool question trains (nothing grades it); a weak vote trains nothing."""
+    from scaffold.trace import Trace
+    from scaffold.types import Question
+
+    tok, task = CharTokenizer(), LabelTask()
+    question = Question("q1", "where is my card")
+    student = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Label:"}]
+    student_ids = tok.apply_chat_template(student)
+    ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig(max_len=4096))
+    group = [completion(" card_arrival"), completion(" lost_card"),
+             completion(" card_arrival\nsure"), completion(" no_idea")]
+    item = Collected(question, student, student_ids, True, trace=Trace("q1", "sc"),
+                     harness_answer="card_arrival", rollouts=group)
+    out = StepInputs()
+    METHODS["vote_rl"].add_pairs(ctx, out, item)
+    assert [tok.decode(p.response_ids) for p in out.pairs] == [
+        " card_arrival", " lost_card", " card_arrival\nsure", " no_idea"]
+    assert out.weights == pytest.approx([0.5, -0.5, 0.5, -0.5]) and all(out.sft)
+    assert all(p.student_ids[: p.student_prompt_len] == student_ids for p in out.pairs)
+    assert out.counts["rewarded"] == 2 and out.counts["penalized"] == 2
+    assert out.counts["rollouts"] == 4 and out.counts["student_parsed"] == 3
+    assert out.counts["student_correct"] == 0  # a pool question is never graded
+
+    weak = Trace("q1", "sc", fallbacks=[{"kind": "weak_vote", "screening": True}])
+    out = StepInputs()
+    METHODS["vote_rl"].add_pairs(ctx, out, Collected(
+        question, student, student_ids, True, trace=weak, harness_answer="card_arrival",
+        rollouts=group))
+    assert out.pairs == [] and out.counts["skipped_fallback"] == 1
+    assert out.counts["rollouts"] == 4  # still watched by the collapse guard
+
+
+def test_vote_rl_needs_the_harness_samples(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "vote_rl"])
+    assert "--harness-rollouts" in capsys.readouterr().err
+    assert parse_args(["--method", "vote_rl", "--harness-rollouts"]).method == "vote_rl"
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "vote_rl", "--harness-rollouts", "--anchor-kl", "1"])
+
+
+def test_gold_rl_rewards_the_rollouts_that_grade_correct():
+    tok, task = CharTokenizer(), LabelTask()
+    ex = Example("e1", "where is my card", "card_arrival")
+    student = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Label:"}]
+    ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig(max_len=4096))
+    group = [completion(" card_arrival"), completion(" lost_card"), completion(" lost_card"),
+             completion(" lost_card")]
+    out = StepInputs()
+    METHODS["gold_rl"].add_pairs(ctx, out, Collected(ex, student, tok.apply_chat_template(student),
+                                                     True, rollouts=group))
+    assert out.weights == pytest.approx([0.75, -0.25, -0.25, -0.25]) and all(out.sft)
+    assert out.counts["student_correct"] == 1 and out.counts["rewarded"] == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "gold_rl"])  # one rollout: no group to compare
+    assert parse_args(["--method", "gold_rl", "--rollouts", "8"]).rollouts == 8

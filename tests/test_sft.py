@@ -33,3 +33,21 @@ def test_sft_step_raises_target_likelihood(tiny_model_dir):  # noqa: F811
     for _ in range(15):
         last = trainer.train_step(pairs, objective="sft")["loss"]
     assert last < 0.5 * first  # mean NLL per target token falls
+
+
+def test_a_negative_weight_pushes_its_response_down(tiny_model_dir):  # noqa: F811
+    """vote_rl's policy gradient is the weighted cross-entropy with weight = advantage: a pair
+    of advantage +1 grows likelier and one of -1 less likely (each response's NLL read from
+    the step's own forward, before its update)."""
+    trainer = make_trainer(tiny_model_dir, lr=5e-3, teacher="frozen")
+    pairs = [splice([1, 2, 3, 4], [1, 2, 3, 4], [9, 10, 11]),
+             splice([1, 2, 3, 4], [1, 2, 3, 4], [12, 13, 14])]
+
+    def nll_each() -> list[float]:
+        trainer.train_step(pairs, weights=[1.0, -1.0], objective="sft", inspect=[0, 1])
+        return [sum(trainer.last_token_reports[i].loss) for i in (0, 1)]
+
+    first = nll_each()
+    for _ in range(6):
+        last = nll_each()
+    assert last[0] < first[0] - 0.5 and last[1] > first[1] + 0.5
