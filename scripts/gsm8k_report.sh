@@ -14,9 +14,9 @@
 #    it on new problems; the same with a weaker anchor; with the weaker anchor and the
 #    working shown without its final answer; on the vote's own samples; only where the
 #    vote disagrees with greedy, two stages, and their right contexts again under JSD and
-#    under reverse KL), OPSD and SSOPD
+#    under reverse KL; a policy gradient rewarded by the vote's answer, 16 x 8), OPSD and SSOPD
 #    with the anchored run's levers, SFT on the vote's correct samples, SFT on the
-#    reference solutions;
+#    reference solutions, a policy gradient rewarded by the gold answer (16 x 8);
 # 3. evals.compare: the bare rows from each run's own final evaluation, the base's harness
 #    row from step 1, the harness reattached on REATTACH; with the findings in
 #    docs/notes/gsm8k.md.
@@ -58,13 +58,18 @@ $PY -m distill.run --config configs/gsm8k_vote_replay.yaml --loss reverse_kl --c
     --out runs/g8k-replay-rkl-all
 $PY -m distill.run --config configs/gsm8k_vote_replay.yaml --loss reverse_kl --clip 20 \
     --agreed-weight 0 --out runs/g8k-replay-rkl-overruled
+# a sequence-level reward: the vote's answer (vote_rl), and the gold answer as the control
+$PY -m distill.run --config configs/gsm8k_vote_rl.yaml
+$PY -m distill.run --config configs/gsm8k_vote_rl.yaml --lr 0.0005 --out runs/g8k-vote-rl-lr5e-4
+$PY -m distill.run --config configs/gsm8k_gold_rl.yaml
 
 RUNS=(runs/g8k-vote-ophsd runs/g8k-vote-lr2e-4 runs/g8k-vote-anchor runs/g8k-vote-anchor-s2
       runs/g8k-vote-anchor03 runs/g8k-vote-anchor03-s2 runs/g8k-vote-working
       runs/g8k-vote-rollouts runs/g8k-opsd-anchor runs/g8k-ssopd-anchor runs/g8k-vote-sft
       runs/g8k-gold-sft runs/g8k-vote-disagree runs/g8k-vote-disagree-s2 runs/g8k-vote-replay
       runs/g8k-replay-rkl runs/g8k-replay-rkl-s1 runs/g8k-replay-rkl-all
-      runs/g8k-replay-rkl-overruled)
+      runs/g8k-replay-rkl-overruled runs/g8k-vote-rl runs/g8k-vote-rl-lr5e-4
+      runs/g8k-gold-rl)
 REUSE=(runs/g8k-sc8bare/results.json "${RUNS[@]}")
 [ -f runs/compare-gsm8k/compare.json ] && REUSE=(runs/compare-gsm8k/compare.json "${REUSE[@]}")
 # shellcheck disable=SC2086
