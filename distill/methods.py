@@ -322,10 +322,14 @@ def _distill(ctx: Any, out: StepInputs, item: Collected, tc: teacher_ctx.Teacher
 
 def count_rollout(out: StepInputs, task: TaskContract, comp: Completion) -> str | None:
     """Count one student rollout (its tokens, whether it parses: what the collapse guard
-    watches, distill/guard.py); returns its parsed answer."""
+    watches, distill/guard.py; whether it ran into max_new_tokens); returns its parsed
+    answer."""
     parsed = task.parse(comp.text)
     out.counts["rollouts"] += 1
     out.counts["rollout_tokens"] += len(comp.token_ids)
+    # GSM8K's vote_rl at lr 5e-4 broke into unfinished answers (65 of 200 greedy ones cut)
+    # while its rollouts first grew, which the guard's length watch does not flag
+    out.counts["rollouts_cut"] += comp.finish_reason == "length"
     out.counts["student_parsed"] += parsed is not None
     return parsed
 

@@ -53,7 +53,7 @@ class StepInputs:
         "answer_space_cut_tokens": 0, "unlabelled": 0, "student_agrees_harness": 0,
         "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0,
         "harness_filtered": 0, "harness_rollouts_skipped": 0, "contexts_recorded": 0,
-        "rewarded": 0, "penalized": 0})  # vote_rl's samples by the sign of their advantage
+        "rewarded": 0, "penalized": 0, "rollouts_cut": 0})  # vote_rl's samples by the sign of their advantage
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],

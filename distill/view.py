@@ -26,8 +26,8 @@ from scaffold.cli import run_cli
 
 SATURATE_AT = 2.0  # nats: a token this far from the teacher (or this unlikely) is full red
 SUMMARY_KEYS = ("loss", "kl", "tokens", "examples", "harness_correct", "student_agrees_harness",
-                "student_correct", "rollouts", "rollout_tokens", "student_entropy", "guard_alarms",
-                "gold_targets", "step_s", "eval_score")
+                "student_correct", "rollouts", "rollout_tokens", "rollouts_cut", "student_entropy",
+                "guard_alarms", "gold_targets", "step_s", "eval_score")
 
 TEMPLATE = jinja2.Template("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

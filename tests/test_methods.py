@@ -54,10 +54,11 @@ class LabelTask:
         return first if first in ("card_arrival", "lost_card") else None
 
 
-def completion(text: str) -> SimpleNamespace:
+def completion(text: str, finish_reason: str = "stop") -> SimpleNamespace:
     tok = CharTokenizer()
     ids = tok.encode(text)
-    return SimpleNamespace(text=text, token_ids=ids, logprobs=[-0.5] * len(ids))
+    return SimpleNamespace(text=text, token_ids=ids, logprobs=[-0.5] * len(ids),
+                           finish_reason=finish_reason)
 
 
 def test_gold_target_follows_the_prefill_and_ends_with_eos():
@@ -177,7 +178,8 @@ class RecordingClient:
     def complete(self, prompt_ids, **kw):
         self.requests.append({"prompt": list(prompt_ids), **kw})
         ids = CharTokenizer().encode(" card_arrival\n")
-        return [SimpleNamespace(text=" card_arrival\n", token_ids=ids, logprobs=[-0.1] * len(ids))
+        return [SimpleNamespace(text=" card_arrival\n", token_ids=ids, logprobs=[-0.1] * len(ids),
+                                finish_reason="stop")
                 for _ in range(kw.get("n", 1))]
 
 
@@ -539,7 +541,7 @@ def test_vote_rl_weights_each_harness_sample_by_its_advantage_and_reads_no_gold(
     student_ids = tok.apply_chat_template(student)
     ctx = SimpleNamespace(tokenizer=tok, task=task, cfg=RunConfig(max_len=4096))
     group = [completion(" card_arrival"), completion(" lost_card"),
-             completion(" card_arrival\nsure"), completion(" no_idea")]
+             completion(" card_arrival\nsure"), completion(" no_idea", finish_reason="length")]
     item = Collected(question, student, student_ids, True, trace=Trace("q1", "sc"),
                      harness_answer="card_arrival", rollouts=group)
     out = StepInputs()
@@ -550,6 +552,7 @@ def test_vote_rl_weights_each_harness_sample_by_its_advantage_and_reads_no_gold(
     assert all(p.student_ids[: p.student_prompt_len] == student_ids for p in out.pairs)
     assert out.counts["rewarded"] == 2 and out.counts["penalized"] == 2
     assert out.counts["rollouts"] == 4 and out.counts["student_parsed"] == 3
+    assert out.counts["rollouts_cut"] == 1  # the one that ran into max_new_tokens
     assert out.counts["student_correct"] == 0  # a pool question is never graded
 
     weak = Trace("q1", "sc", fallbacks=[{"kind": "weak_vote", "screening": True}])
