@@ -42,7 +42,8 @@ class StepInputs:
     # (None: the trainer runs the teacher forward itself)
     teacher_logprobs: list[list[list[float]] | None] = field(default_factory=list)
     teacher_ids: list[list[int]] = field(default_factory=list)  # per pair: its teacher prompt
-    # per pair: cross-entropy on its response, no teacher (vote_rl: weighted by the advantage)
+    # per pair: cross-entropy on its response, no teacher (vote_rl, gold_rl: weighted by the
+    # advantage)
     sft: list[bool] = field(default_factory=list)
     sources: list[PairSource] = field(default_factory=list)  # per pair: for its transcript
     counts: dict = field(default_factory=lambda: {
@@ -53,7 +54,9 @@ class StepInputs:
         "answer_space_cut_tokens": 0, "unlabelled": 0, "student_agrees_harness": 0,
         "gold_targets": 0, "teacher_scored_positions": 0, "teacher_requests": 0,
         "harness_filtered": 0, "harness_rollouts_skipped": 0, "contexts_recorded": 0,
-        "rewarded": 0, "penalized": 0, "rollouts_cut": 0})  # vote_rl's samples by the sign of their advantage
+        # vote_rl's and gold_rl's samples by the sign of their advantage; rollouts that ran
+        # into max_new_tokens
+        "rewarded": 0, "penalized": 0, "rollouts_cut": 0})
     times: dict = field(default_factory=dict)
 
     def add(self, student_ids: list[int], teacher_ids: list[int], response: list[int],
