@@ -130,6 +130,25 @@ def adapter_origin(adapter: str | Path) -> tuple[Path, int | None] | None:
     return None
 
 
+def started_in(run_dir: Path, config: dict) -> Path | None:
+    """The folder `distill.run` was started in, which its config's relative paths (--out,
+    --init-adapter, --teacher-contexts, as typed) are relative to: `run_dir` less its `out`.
+    None where that cannot be told (an absolute or `..` out, a run folder moved since)."""
+    out = Path(config.get("out") or "")
+    run = run_dir.resolve()
+    n = len(out.parts)
+    if not n or out.is_absolute() or ".." in out.parts or run.parts[-n:] != out.parts:
+        return None
+    return Path(*run.parts[:-n])
+
+
+def as_started(path: str, start: Path | None) -> Path:
+    """A path from a run's config, relative to the folder the run was started in (when that
+    is known), so a compare run from any folder finds the runs it builds on."""
+    typed = Path(path)
+    return typed if typed.is_absolute() or start is None else start / typed
+
+
 COMPUTE_KEYS = ("steps", "examples", "rollouts", "student_tokens", "train_wall_s")
 
 
@@ -177,14 +196,17 @@ def run_compute(run_dir: Path, up_to: int | None = None,
     except (OSError, ValueError):
         config = {}
     builds_on: list[tuple[Path, int | None]] = []
-    origin = adapter_origin(config["init_adapter"]) if config.get("init_adapter") else None
+    start = started_in(run_dir, config)
+    origin = adapter_origin(as_started(config["init_adapter"], start)) \
+        if config.get("init_adapter") else None
     if origin is not None:
         builds_on.append(origin)
-    builds_on += [(Path(r.strip()), None)
+    builds_on += [(as_started(r.strip(), start), None)
                   for r in (config.get("teacher_contexts") or "").split(",") if r.strip()]
     counted, missing = [], []
     for i, (parent, step) in enumerate(builds_on):
-        label = str(parent) + ("" if step is None else f"@{step}")
+        shown = parent.relative_to(start) if start and parent.is_relative_to(start) else parent
+        label = str(shown) + ("" if step is None else f"@{step}")  # as a report can show it
         if not (parent / "config.json").is_file():
             missing.append(label)  # moved, deleted, or a path relative to another folder
             continue

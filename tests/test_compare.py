@@ -375,3 +375,24 @@ def test_row_traces_are_named_by_position_and_replaced_on_a_rerun(tmp_path):
     assert [t.example_id for t in read_jsonl(Path(first))] == ["a", "b"]
     again = write_row_traces(result(["d"]), tmp_path, 1, "run")  # the next compare, same OUT
     assert again == first and [t.example_id for t in read_jsonl(Path(first))] == ["d"]
+
+
+def test_relative_paths_in_a_config_resolve_against_the_folder_the_run_started_in(
+        tmp_path, monkeypatch):
+    """distill.run keeps --out, --init-adapter and --teacher-contexts as typed, relative to
+    where it started: a compare run from another folder still finds and counts the runs a
+    run builds on (before, it named them missing and left their cost out)."""
+    make_run(tmp_path / "repo" / "runs" / "first", 0, [1.0, 0.9])
+    second = make_run(tmp_path / "repo" / "runs" / "second", 0, [0.5])
+    (second / "config.json").write_text(json.dumps({
+        "method": "ophsd", "out": "runs/second", "teacher_contexts": "runs/first",
+        "init_adapter": "runs/first/checkpoints/step_000001/adapter"}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    compute = run_compute(Path("../repo/runs/second"))
+    assert compute["steps"] == 1 + 2 and "builds_on_missing" not in compute
+    assert compute["builds_on"] == ["runs/first@1", "runs/first"]  # as typed, not this host's
+    # a run folder moved away from its out path: the paths stay as typed (and are missing)
+    moved = tmp_path / "moved"
+    (tmp_path / "repo" / "runs" / "second").rename(moved)
+    assert run_compute(moved)["builds_on_missing"] == ["runs/first"]
