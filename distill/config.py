@@ -373,16 +373,16 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                     "examples its harness got wrong")
         if not [r for r in cfg.teacher_contexts.split(",") if r.strip()]:
             p.error("--teacher-contexts: give at least one run folder")
-    if cfg.method == "vote_rl" and not cfg.harness_rollouts:
-        p.error("--method vote_rl rewards the harness's own samples of the student prompt: "
-                "add --harness-rollouts (and a harness that samples it, e.g. --program "
+    if method.harness_rollouts == "required" and not cfg.harness_rollouts:
+        p.error(f"--method {cfg.method} trains on the harness's own samples of the student "
+                "prompt: add --harness-rollouts (and a harness that samples it, e.g. --program "
                 "self_consistency with solver none)")
-    if cfg.harness_rollouts and (cfg.method not in ("ophsd", "sft", "vote_rl") or
-                                 cfg.rollouts != 1 or
+    if cfg.harness_rollouts and (method.harness_rollouts == "no" or cfg.rollouts != 1 or
                                  cfg.method == "ophsd" and cfg.on_policy_fraction < 1.0):
+        takers = ", ".join(m.name for m in METHODS.values() if m.harness_rollouts != "no")
         p.error("--harness-rollouts trains on the harness's own samples of the student prompt: "
-                "it needs --method ophsd with --on-policy-fraction 1, or --method sft or "
-                "vote_rl, and no --rollouts")
+                f"it needs --method one of {takers} (ophsd with --on-policy-fraction 1), and "
+                "no --rollouts")
     if cfg.harness_rollouts and resolve_loss(cfg.loss, "math") == "sampled_token":
         p.error("--harness-rollouts: the harness's samples carry no sampling logprobs, which "
                 "the sampled_token loss needs: use another --loss")

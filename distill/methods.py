@@ -73,6 +73,8 @@ class Method:
     has_teacher: ClassVar[bool] = True  # distils a teacher's distribution (else cross-entropy)
     reads_policy: ClassVar[bool] = True  # its steps read the served policy (sync before them)
     min_rollouts: ClassVar[int] = 1  # --rollouts it needs
+    # --harness-rollouts: "no" (refused), "optional" or "required"
+    harness_rollouts: ClassVar[str] = "no"
 
     def on_policy(self, cfg: Any, step: int, index: int) -> bool:
         """Whether example `index` of `step` is sampled and trained on its rollouts."""
@@ -89,6 +91,7 @@ class Method:
 class OPHSD(Method):
     name = "ophsd"
     runs_harness = samples = True
+    harness_rollouts = "optional"
 
     def on_policy(self, cfg: Any, step: int, index: int) -> bool:
         return on_policy_example(cfg, step, index)
@@ -158,6 +161,7 @@ class SFT(Method):
     name = "sft"
     runs_harness = reads_answers = True
     has_teacher = False
+    harness_rollouts = "optional"
 
     def trains_on_harness_answers(self, cfg: Any) -> bool:
         return True
@@ -214,6 +218,7 @@ class VoteRL(Method):
     name = "vote_rl"
     runs_harness = True
     has_teacher = False
+    harness_rollouts = "required"
 
     def add_pairs(self, ctx: Any, out: StepInputs, item: Collected) -> None:
         task, ex = ctx.task, item.example
@@ -221,8 +226,8 @@ class VoteRL(Method):
         if is_labelled(ex):
             out.counts["student_correct"] += sum(task.grade(c.text, ex) >= 1.0
                                                  for c in item.rollouts)
-        fallbacks = {f.get("kind") for f in item.trace.fallbacks} if item.trace else set()
-        if item.harness_answer is None or fallbacks & teacher_ctx.NO_SIGNAL_FALLBACKS:
+        if item.harness_answer is None or item.trace is None or \
+                teacher_ctx.no_signal_kinds(item.trace):
             out.counts["skipped_fallback"] += 1
             return
         rewards = [float(a is not None and a == item.harness_answer) for a in answers]

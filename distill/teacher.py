@@ -32,6 +32,11 @@ POLICIES = ("final_request", "transcript")
 NO_SIGNAL_FALLBACKS = {"empty_bank", "empty_plan", "weak_vote", "greedy_agrees"}
 
 
+def no_signal_kinds(trace: Trace) -> set[str]:
+    """The fallbacks noted in `trace` after which it teaches nothing (NO_SIGNAL_FALLBACKS)."""
+    return {f.get("kind") for f in trace.fallbacks} & NO_SIGNAL_FALLBACKS
+
+
 @dataclass
 class TeacherContext:
     messages: Messages | None  # None: no usable context (failed harness run)
@@ -72,9 +77,8 @@ def from_trace(trace: Trace, student: Messages, policy: str = "final_request",
         raise ValueError(
             "answer contract broken: the harness's final request ends with "
             f"{messages[-1]!r} but the student prompt ends with {student[-1]!r}")
-    kinds = {f.get("kind") for f in trace.fallbacks}
-    if kinds & NO_SIGNAL_FALLBACKS:
-        return TeacherContext(messages, True, ",".join(sorted(kinds & NO_SIGNAL_FALLBACKS)))
+    if kinds := no_signal_kinds(trace):
+        return TeacherContext(messages, True, ",".join(sorted(kinds)))
     if messages == student:
         return TeacherContext(messages, True, "teacher context equals the student's")
     return TeacherContext(messages, False)
